@@ -1,0 +1,61 @@
+"""What the fused model needs from a diffusion transformer and its VAE (the generation pathway)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightbagel.inputs import GenInputs
+
+
+class LatentCodec(nn.Module):
+    """Images in [-1, 1] <-> normalised latents. Frozen in every recipe so far."""
+
+    latent_channels: int
+    spatial_factor: int
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, C, H / f, W / f)."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GenerationAdapter(nn.Module):
+    """A DiT seen block by block, plus its codec.
+
+    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim`, `vae` and `patch_size`.
+    """
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    patch_size: tuple[int, int, int]
+    vae: LatentCodec
+
+    def embed(self, gen: GenInputs) -> tuple[torch.Tensor, object, object]:
+        """Latents -> tokens (B, L, D), rotary embedding, and per-token timestep conditioning."""
+        raise NotImplementedError
+
+    def block(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope, cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor, cond) -> torch.Tensor:
+        """Tokens -> per-token velocity prediction in `patchify` layout (B, L, p * C)."""
+        raise NotImplementedError
+
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, h, w) -> (B, L, p * C) in the token order and layout of `head`."""
+        raise NotImplementedError
+
+    def unpatchify(self, tokens: torch.Tensor, slots: int, height: int, width: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokens_per_slot(self, height: int, width: int) -> int:
+        _, ph, pw = self.patch_size
+        return (height // ph) * (width // pw)
+
+    def rotate(self, x: torch.Tensor, rope) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,65 @@
+"""Latent codecs: the Wan2.2 VAE and a lossless space-to-depth "pixel autoencoder" for tiny runs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+
+from lightbagel.backbones.generation.base import LatentCodec
+from lightbagel.recipe.schema import VAEConfig
+from lightbagel.registry import VAE
+
+
+class PixelAutoencoder(LatentCodec):
+    """Space-to-depth: exact, parameter-free, and fast, so a tiny model can learn real images.
+
+    32x32 RGB with factor 4 gives 48 x 8 x 8 latents: the Wan2.2 VAE's channel count.
+    """
+
+    def __init__(self, factor: int = 4, scale: float = 1.0):
+        super().__init__()
+        self.spatial_factor, self.scale = factor, scale
+        self.latent_channels = 3 * factor * factor
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.spatial_factor) * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(latents / self.scale, self.spatial_factor)
+
+
+class WanVAE(LatentCodec):
+    """diffusers' AutoencoderKLWan on single frames, latents normalised by the config's mean/std."""
+
+    def __init__(self, vae: AutoencoderKLWan):
+        super().__init__()
+        self.vae = vae
+        cfg = vae.config
+        self.latent_channels = cfg.z_dim
+        self.spatial_factor = cfg.scale_factor_spatial
+        self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1), persistent=False)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # The posterior mean: a deterministic target, as Wan's own image-conditioning does.
+        latents = self.vae.encode(images.unsqueeze(2).to(self.vae.dtype)).latent_dist.mode()[:, :, 0]
+        return ((latents.float() - self.mean) / self.std).to(images.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.float() * self.std + self.mean
+        frames = self.vae.decode(latents.unsqueeze(2).to(self.vae.dtype)).sample
+        return frames[:, :, 0].to(latents.dtype).clamp(-1, 1)
+
+
+@VAE.register("pixel")
+def build_pixel_autoencoder(cfg: VAEConfig) -> PixelAutoencoder:
+    return PixelAutoencoder(**dict(cfg.config))
+
+
+@VAE.register("wan_vae")
+def build_wan_vae(cfg: VAEConfig) -> WanVAE:
+    if cfg.pretrained is None:
+        return WanVAE(AutoencoderKLWan(**dict(cfg.config)))
+    kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
+    return WanVAE(AutoencoderKLWan.from_pretrained(cfg.pretrained, use_safetensors=True, **kwargs))

@@ -1,0 +1,129 @@
+"""Wan2.x DiT adapter: diffusers' WanTransformer3DModel run block by block.
+
+Wan2.2-TI2V conditions every token on its own timestep; we use that for clean condition images
+(t = 0) next to the noisy target. Image slots are stacked along the temporal axis, as Wan TI2V
+does with frames, and each slot gets its own rotary frame index.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import WanTransformer3DModel
+
+from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
+from lightbagel.inputs import GenInputs
+from lightbagel.recipe.schema import GenerationConfig
+from lightbagel.registry import GENERATION, VAE
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class WanAdapter(GenerationAdapter):
+    def __init__(self, dit: WanTransformer3DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
+        super().__init__()
+        self.dit, self.vae = dit, vae
+        cfg = dit.config
+        self.num_layers = cfg.num_layers
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.attention_head_dim
+        self.hidden_size = self.num_heads * self.head_dim
+        self.patch_size = tuple(cfg.patch_size)
+        self.num_train_timesteps = num_train_timesteps
+        if cfg.patch_size[0] != 1:
+            raise ValueError("image slots need a temporal patch size of 1")
+
+    def embed(self, gen: GenInputs):
+        x = self.dit.patch_embedding(gen.latents)  # (B, D, S, h', w')
+        batch, _, slots, hp, wp = x.shape
+        tokens = x.flatten(2).transpose(1, 2).contiguous()
+        per_slot = hp * wp
+        t = (gen.timesteps * self.num_train_timesteps).repeat_interleave(per_slot, dim=1)
+        emb = self.dit.condition_embedder
+        freq = emb.timesteps_proj(t.flatten()).unflatten(0, (batch, -1))
+        temb = emb.time_embedder(freq.to(next(emb.time_embedder.parameters()).dtype)).type_as(tokens)
+        tproj = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))
+        rope = self._rope(gen.frame_pos, hp, wp)
+        return tokens, rope, (temb, tproj)
+
+    def _rope(self, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Wan's 3D rotary table looked up at explicit (frame, row, column) positions."""
+        rope = self.dit.rope
+        device = frame_pos.device
+        rows = torch.arange(hp, device=device).repeat_interleave(wp)
+        cols = torch.arange(wp, device=device).repeat(hp)
+        frames = frame_pos.repeat_interleave(hp * wp, dim=1)  # (B, L)
+        rows, cols = rows.repeat(frame_pos.shape[1]), cols.repeat(frame_pos.shape[1])
+        out = []
+        for table in (rope.freqs_cos, rope.freqs_sin):
+            t, h, w = table.to(device).split([rope.t_dim, rope.h_dim, rope.w_dim], dim=1)
+            parts = [t[frames], h[rows].expand(len(frames), -1, -1), w[cols].expand(len(frames), -1, -1)]
+            out.append(torch.cat(parts, dim=-1).float().unsqueeze(2))  # (B, L, 1, D)
+        return out[0], out[1]
+
+    def rotate(self, x: torch.Tensor, rope) -> torch.Tensor:
+        cos, sin = rope
+        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = cos[..., 0::2], sin[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
+
+    def block(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope, cond) -> torch.Tensor:
+        blk = self.dit.blocks[index]
+        _, tproj = cond
+        mod = (blk.scale_shift_table.unsqueeze(0) + tproj.float()).chunk(6, dim=2)
+        shift, scale, gate, c_shift, c_scale, c_gate = (m.squeeze(2) for m in mod)
+        x = (blk.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        hidden = (hidden.float() + self._self_attention(blk.attn1, x, mask, rope) * gate).type_as(hidden)
+        # The text cross-attention sub-layer is skipped: umT5 is never loaded (DESIGN.md §1).
+        x = (blk.norm3(hidden.float()) * (1 + c_scale) + c_shift).type_as(hidden)
+        return (hidden.float() + blk.ffn(x).float() * c_gate).type_as(hidden)
+
+    def _self_attention(self, attn, x, mask, rope) -> torch.Tensor:
+        q, k, v = attn.norm_q(attn.to_q(x)), attn.norm_k(attn.to_k(x)), attn.to_v(x)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        q, k = self.rotate(q, rope), self.rotate(k, rope)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(x))
+
+    def head(self, hidden: torch.Tensor, cond) -> torch.Tensor:
+        temb, _ = cond
+        shift, scale = (self.dit.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+        x = (self.dit.norm_out(hidden.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(hidden)
+        return self.dit.proj_out(x)
+
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, s, h, w = latents.shape
+        pt, ph, pw = self.patch_size
+        x = latents.reshape(b, c, s // pt, pt, h // ph, ph, w // pw, pw)
+        return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, -1, pt * ph * pw * c)
+
+    def unpatchify(self, tokens: torch.Tensor, slots: int, height: int, width: int) -> torch.Tensor:
+        b = tokens.shape[0]
+        pt, ph, pw = self.patch_size
+        x = tokens.reshape(b, slots // pt, height // ph, width // pw, pt, ph, pw, -1)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, slots, height, width)
+
+
+@GENERATION.register("wan")
+def build_wan(cfg: GenerationConfig) -> WanAdapter:
+    if cfg.cross_attention != "skip":
+        raise ValueError(f"generation.cross_attention {cfg.cross_attention!r} is not supported; allowed: skip")
+    dtype = _DTYPES[cfg.dtype]
+    if cfg.pretrained is None:
+        dit = WanTransformer3DModel(**dict(cfg.config)).to(dtype)
+    else:
+        kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
+        if cfg.revision:
+            kwargs["revision"] = cfg.revision
+        dit = WanTransformer3DModel.from_pretrained(cfg.pretrained, torch_dtype=dtype, use_safetensors=True, **kwargs)
+    vae = VAE.get(cfg.vae.adapter)(cfg.vae)
+    vae.requires_grad_(not cfg.vae.freeze)
+    adapter = WanAdapter(dit, vae, cfg.num_train_timesteps)
+    # Without umT5 the text embedder and cross-attention never run; keep them out of the optimizer.
+    for blk in dit.blocks:
+        blk.attn2.requires_grad_(False)
+        blk.norm2.requires_grad_(False)
+    dit.condition_embedder.text_embedder.requires_grad_(False)
+    if cfg.freeze:
+        dit.requires_grad_(False)
+    return adapter

@@ -1,0 +1,88 @@
+"""What the fused model needs from a vision-language model (the understanding pathway)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import torch
+from PIL import Image
+from torch import nn
+
+from lightbagel.inputs import PAD, UndInputs
+
+Segment = Union[str, Image.Image]
+
+
+@dataclass
+class EncodedPrompt:
+    """One sample's understanding tokens before batching."""
+
+    input_ids: list[int]
+    mm_token_type_ids: list[int]
+    segment: list[int]
+    order: list[int]
+    pixel_values: list[torch.Tensor] = field(default_factory=list)
+    image_grid_thw: list[torch.Tensor] = field(default_factory=list)
+    # Logical order reserved right after each image, where that image's clean VAE split goes
+    # (BAGEL's layout: ViT image, VAE image, then the text that follows).
+    vae_orders: list[int] = field(default_factory=list)
+    next_order: int = 0
+
+
+class UndProcessor:
+    """CPU-side, picklable half of an adapter: turns text and images into token lists.
+
+    Runs in DataLoader workers, so it holds no model weights.
+    """
+
+    pad_token_id: int
+
+    def encode(self, segments: Sequence[Segment]) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def collate(self, prompts: Sequence[EncodedPrompt]) -> UndInputs:
+        """Right-pads a batch of prompts into one `UndInputs`."""
+        length = max(len(p.input_ids) for p in prompts)
+        def pad(values: list[int], fill: int) -> list[int]:
+            return values + [fill] * (length - len(values))
+        ids = torch.tensor([pad(p.input_ids, self.pad_token_id) for p in prompts])
+        mask = torch.tensor([pad([1] * len(p.input_ids), 0) for p in prompts])
+        pixels = [x for p in prompts for x in p.pixel_values]
+        grids = [g for p in prompts for g in p.image_grid_thw]
+        return UndInputs(
+            input_ids=ids,
+            attention_mask=mask,
+            mm_token_type_ids=torch.tensor([pad(p.mm_token_type_ids, 0) for p in prompts]),
+            segment=torch.tensor([pad(p.segment, PAD) for p in prompts]),
+            order=torch.tensor([pad(p.order, 0) for p in prompts]),
+            pixel_values=torch.cat(pixels) if pixels else None,
+            image_grid_thw=torch.stack(grids) if grids else None,
+        )
+
+
+class UnderstandingAdapter(nn.Module):
+    """A VLM seen block by block.
+
+    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim` and `processor`.
+    """
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    processor: UndProcessor
+
+    def embed(self, und: UndInputs) -> tuple[torch.Tensor, object]:
+        """Token + ViT embeddings (B, L, D) and the rotary embedding of their positions."""
+        raise NotImplementedError
+
+    def block(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rotate(self, x: torch.Tensor, rope) -> torch.Tensor:
+        """Applies this model's rotary embedding to (B, L, H, head_dim) queries or keys."""
+        raise NotImplementedError

@@ -1,0 +1,178 @@
+"""Qwen2.5-VL (and Qwen2-VL-style) adapter: transformers' model run block by block.
+
+The same class serves the 7B card (weights from a hub id or local directory) and the tiny card
+(random weights from a config), so the tiny tests exercise the real code path.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from lightbagel.backbones.understanding.base import (
+    EncodedPrompt,
+    Segment,
+    UnderstandingAdapter,
+    UndProcessor,
+)
+from lightbagel.inputs import TEXT, VIT, UndInputs
+from lightbagel.recipe.schema import UnderstandingConfig
+from lightbagel.registry import UNDERSTANDING
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class QwenProcessor(UndProcessor):
+    """Tokenizer + image processor; expands each image into its ViT placeholder tokens."""
+
+    def __init__(self, tokenizer, image_processor, merge_size: int):
+        self.tokenizer, self.image_processor, self.merge_size = tokenizer, image_processor, merge_size
+        ids = tokenizer.convert_tokens_to_ids
+        self.image_token_id = ids("<|image_pad|>")
+        self.vision_start_id, self.vision_end_id = ids("<|vision_start|>"), ids("<|vision_end|>")
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else ids("<|endoftext|>")
+
+    def encode(self, segments: Sequence[Segment]) -> EncodedPrompt:
+        out = EncodedPrompt([], [], [], [])
+        for seg in segments:
+            if isinstance(seg, str):
+                self._add_text(out, seg)
+            else:
+                self._add_image(out, seg)
+        return out
+
+    def _add_text(self, out: EncodedPrompt, text: str) -> None:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        n = len(ids)
+        out.input_ids += ids
+        out.mm_token_type_ids += [0] * n
+        out.segment += [TEXT] * n
+        out.order += list(range(out.next_order, out.next_order + n))
+        out.next_order += n
+
+    def _add_image(self, out: EncodedPrompt, image) -> None:
+        feats = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        grid = feats["image_grid_thw"][0]
+        n = int(grid.prod()) // self.merge_size**2
+        o = out.next_order
+        # vision_start, the image (one bidirectional split), vision_end, then the VAE split's slot.
+        out.input_ids += [self.vision_start_id] + [self.image_token_id] * n + [self.vision_end_id]
+        out.mm_token_type_ids += [0] + [1] * n + [0]
+        out.segment += [VIT] * (n + 2)
+        out.order += [o] + [o + 1] * n + [o + 2]
+        out.pixel_values.append(feats["pixel_values"])
+        out.image_grid_thw.append(grid)
+        out.vae_orders.append(o + 3)
+        out.next_order = o + 4
+
+
+class Qwen25VLAdapter(UnderstandingAdapter):
+    def __init__(self, model: Qwen2_5_VLForConditionalGeneration, processor: QwenProcessor):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        text = model.config.text_config
+        self.num_layers = text.num_hidden_layers
+        self.hidden_size = text.hidden_size
+        self.num_heads = text.num_attention_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+    @property
+    def _lm(self):
+        return self.model.model.language_model
+
+    def embed(self, und: UndInputs) -> tuple[torch.Tensor, tuple]:
+        vlm = self.model.model
+        hidden = vlm.get_input_embeddings()(und.input_ids)
+        if und.pixel_values is not None:
+            feats = vlm.get_image_features(und.pixel_values, und.image_grid_thw, return_dict=True)
+            feats = torch.cat(feats.pooler_output).to(hidden.dtype)
+            slots = (und.input_ids == vlm.config.image_token_id).unsqueeze(-1)
+            hidden = hidden.masked_scatter(slots, feats)
+            positions, _ = vlm.get_rope_index(
+                und.input_ids, und.mm_token_type_ids, image_grid_thw=und.image_grid_thw,
+                attention_mask=und.attention_mask,
+            )
+        else:
+            positions = (und.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return hidden, self._lm.rotary_emb(hidden, positions)
+
+    def block(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
+        return self._lm.layers[index](hidden, attention_mask=mask, position_embeddings=rope)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self._lm.norm(hidden))
+
+    def rotate(self, x: torch.Tensor, rope) -> torch.Tensor:
+        cos, sin = (r.unsqueeze(2).to(x.dtype) for r in rope)
+        return x * cos + rotate_half(x) * sin
+
+
+def _tiny_tokenizer(name: str):
+    if name != "shapes":
+        raise ValueError(f"unknown built-in tokenizer {name!r}; allowed: shapes")
+    from lightbagel.data.tokenizer import build_shapes_tokenizer
+
+    return build_shapes_tokenizer()
+
+
+def _from_config(cfg: UnderstandingConfig, tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+    ids = tokenizer.convert_tokens_to_ids
+    kwargs = dict(cfg.config)
+    kwargs.setdefault("text_config", {})
+    kwargs["text_config"] = {"vocab_size": len(tokenizer), **kwargs["text_config"]}
+    config = Qwen2_5_VLConfig(
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        **kwargs,
+    )
+    config._attn_implementation = cfg.attn_implementation
+    return Qwen2_5_VLForConditionalGeneration(config).to(_DTYPES[cfg.dtype])
+
+
+def _from_pretrained(cfg: UnderstandingConfig) -> Qwen2_5_VLForConditionalGeneration:
+    # Safetensors only (no pickle), remote code only when the recipe asks for it.
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        cfg.pretrained, revision=cfg.revision or "main", dtype=_DTYPES[cfg.dtype], use_safetensors=True,
+        attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def _image_processor(cfg: UnderstandingConfig, vision) -> Qwen2VLImageProcessorPil:
+    size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+    if cfg.pretrained is None:
+        return Qwen2VLImageProcessorPil(
+            patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+            temporal_patch_size=vision.temporal_patch_size, size=size,
+        )
+    processor = AutoImageProcessor.from_pretrained(cfg.pretrained, revision=cfg.revision or "main", use_fast=False)
+    processor.size = size
+    return processor
+
+
+@UNDERSTANDING.register("qwen2_5_vl")
+def build_qwen2_5_vl(cfg: UnderstandingConfig) -> Qwen25VLAdapter:
+    if cfg.pretrained is None:
+        tokenizer = _tiny_tokenizer(cfg.tokenizer or "shapes")
+        model = _from_config(cfg, tokenizer)
+    else:
+        tokenizer_src = cfg.tokenizer or cfg.pretrained
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_src, revision=cfg.revision or "main",
+                                                  trust_remote_code=cfg.trust_remote_code)
+        model = _from_pretrained(cfg)
+    vision = model.config.vision_config
+    processor = QwenProcessor(tokenizer, _image_processor(cfg, vision), vision.spatial_merge_size)
+    adapter = Qwen25VLAdapter(model, processor)
+    if cfg.freeze:
+        adapter.requires_grad_(False)
+    return adapter

@@ -1,0 +1,49 @@
+"""`lightbagel-fit RECIPE [key=value ...]`: train from a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lightbagel.recipe import RecipeError, load_recipe
+
+DEFAULT_RECIPE = "recipes/tiny.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lightbagel-fit",
+        description="Train a LightBagel model from a recipe. Overrides are dotted KEY=VALUE pairs.",
+        epilog="example: lightbagel-fit recipes/tiny.yaml trainer.max_steps=50 understanding=tiny_qwen2_5_vl",
+    )
+    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe YAML (default: {DEFAULT_RECIPE})")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
+    parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        print(f"lightbagel-fit: {err}", file=sys.stderr)
+        return 2
+    if args.print_recipe:
+        print(recipe.to_yaml())
+        return 0
+    from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
+
+    start = time.perf_counter()
+    result = fit(recipe)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"done in {minutes:.1f} min; loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
+    print(f"model: {result.export_path}")
+    if result.tracking_uri:
+        print(f"mlflow: run {result.run_id}; open with `mlflow ui --backend-store-uri {result.tracking_uri}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

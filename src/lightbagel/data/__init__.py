@@ -1,0 +1,1 @@
+"""Built-in data: the synthetic "shapes world", its tokenizer and webdataset shards."""

@@ -1,0 +1,111 @@
+"""Fusion blocks: zero-initialised multimodal self-attention between the two towers.
+
+Each stream has its own pre-norm and Q/K/V/O projections at its own width, meeting in one joint
+attention of `num_heads x head_dim`; there is no FFN (DESIGN.md §1: ~3B new parameters at full
+size). The output projections start at zero, so at step 0 the fused model computes exactly the
+two original models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightbagel.recipe.schema import FusionConfig
+from lightbagel.registry import FUSION
+
+Rotate = Callable[[torch.Tensor, object], torch.Tensor]
+
+
+@dataclass
+class StreamSpec:
+    """What a fusion block needs to know about one tower."""
+
+    hidden_size: int
+    rotate: Optional[Rotate]  # applies the tower's own rotary embedding to (B, L, H, D) tensors
+
+
+class StreamAttention(nn.Module):
+    """One stream's side of the joint attention: norm, Q/K/V in, O out (zero-initialised)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, cfg: FusionConfig, with_query: bool):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.norm = nn.RMSNorm(dim, eps=cfg.eps)
+        self.to_q = nn.Linear(dim, inner) if with_query else None
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.to_out = nn.Linear(inner, dim) if with_query else None
+        self.norm_q = nn.RMSNorm(head_dim, eps=cfg.eps) if cfg.qk_norm and with_query else None
+        self.norm_k = nn.RMSNorm(head_dim, eps=cfg.eps) if cfg.qk_norm else None
+        if self.to_out is not None and cfg.zero_init:
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.to_out.bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim))
+
+    def keys_values(self, x: torch.Tensor, rotate: Optional[Rotate], rope) -> tuple:
+        k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))
+        if self.norm_k is not None:
+            k = self.norm_k(k)
+        if rotate is not None:
+            k = rotate(k, rope)
+        return k, v
+
+    def queries(self, x: torch.Tensor, rotate: Optional[Rotate], rope) -> torch.Tensor:
+        q = self._heads(self.to_q(x))
+        if self.norm_q is not None:
+            q = self.norm_q(q)
+        return rotate(q, rope) if rotate is not None else q
+
+
+class DoubleFusionBlock(nn.Module):
+    """Joint attention over [und tokens; gen tokens] under the generalized causal mask."""
+
+    def __init__(self, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, cfg: FusionConfig):
+        super().__init__()
+        self.und_writeback = cfg.und_writeback
+        self.per_stream_rope = cfg.positional == "per_stream"
+        self.und_rotate, self.gen_rotate = und.rotate, gen.rotate
+        self.und = StreamAttention(und.hidden_size, heads, head_dim, cfg, with_query=cfg.und_writeback)
+        self.gen = StreamAttention(gen.hidden_size, heads, head_dim, cfg, with_query=True)
+
+    def und_keys_values(self, h_und: torch.Tensor, rope_und) -> tuple:
+        """The understanding side's K/V: noise-free, so inference computes it once per prompt."""
+        rotate = self.und_rotate if self.per_stream_rope else None
+        return self.und.keys_values(self.und.norm(h_und), rotate, rope_und)
+
+    def forward(self, h_und, h_gen, mask, rope_und, rope_gen, und_kv=None):
+        und_rot = self.und_rotate if self.per_stream_rope else None
+        gen_rot = self.gen_rotate if self.per_stream_rope else None
+        x_und, x_gen = self.und.norm(h_und), self.gen.norm(h_gen)
+        k_u, v_u = und_kv if und_kv is not None else self.und.keys_values(x_und, und_rot, rope_und)
+        k_g, v_g = self.gen.keys_values(x_gen, gen_rot, rope_gen)
+        q_g = self.gen.queries(x_gen, gen_rot, rope_gen)
+        n_und = k_u.shape[1]
+        if self.und_writeback:
+            q = torch.cat([self.und.queries(x_und, und_rot, rope_und), q_g], dim=1)
+        else:
+            q, mask = q_g, mask[..., n_und:, :]
+        out = _attend(q, torch.cat([k_u, k_g], 1), torch.cat([v_u, v_g], 1), mask)
+        h_gen = h_gen + self.gen.to_out(out[:, -h_gen.shape[1]:])
+        if self.und_writeback:
+            h_und = h_und + self.und.to_out(out[:, :n_und])
+        return h_und, h_gen
+
+
+def _attend(q, k, v, mask) -> torch.Tensor:
+    """(B, L, H, D) tensors -> (B, Lq, H*D)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2).flatten(2)
+
+
+@FUSION.register("double_fusion")
+def build_double_fusion(cfg: FusionConfig, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, depth: int):
+    return nn.ModuleList(DoubleFusionBlock(und, gen, heads, head_dim, cfg) for _ in range(depth))
