@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny recipe and a tiny fused model, built in milliseconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "recipes" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe():
+    from lightbagel.recipe import load_recipe
+
+    return load_recipe(TINY)
+
+
+@pytest.fixture
+def tiny_model(tiny_recipe):
+    from lightbagel.model import build_model
+
+    return build_model(tiny_recipe.config).eval()
+
+
+@pytest.fixture
+def make_batch():
+    """A mixed T2I + edit batch from the shapes world, collated for a given model."""
+    from lightbagel.data.collate import Collator
+    from lightbagel.training.callbacks import validation_samples
+
+    def make(model, n: int = 4, image_size: int = 32, seed: int = 0):
+        torch.manual_seed(seed)
+        return Collator(model.und.processor, image_size)(validation_samples(n, image_size, seed=seed))
+
+    return make
