@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -21,6 +21,24 @@ from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
 class FusedOutput:
     und_hidden: torch.Tensor  # (B, Lu, D_und) after the last VLM block, before the final norm
     velocity: torch.Tensor  # (B, Lg, p * C) per-token prediction in the adapter's patchify layout
+
+
+@dataclass
+class UndCache:
+    """The noise-free understanding side of a batch, computed once and reused at every step.
+
+    Holds, per fusion block, the und-side keys/values (B, Lu, H, D) plus the und tokens' orders
+    and validity for the joint mask. With `und_writeback` the und states depend on the clean
+    source VAE tokens (never on the noisy target), so a cache belongs to one batch of prompts,
+    sources and CFG branches; `rows` picks the branches still needed.
+    """
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    order: torch.Tensor  # (B, Lu)
+    valid: torch.Tensor  # (B, Lu)
+
+    def rows(self, index: slice) -> "UndCache":
+        return UndCache([(k[index], v[index]) for k, v in self.kv], self.order[index], self.valid[index])
 
 
 class LightBagel(nn.Module):
@@ -53,10 +71,52 @@ class LightBagel(nn.Module):
         per_slot = gen_len // gen.valid.shape[1]
         gen_valid = gen.valid.repeat_interleave(per_slot, dim=1)
         gen_order = gen.order.repeat_interleave(per_slot, dim=1)
-        und_valid = und.valid
-        joint = generalized_causal_mask(torch.cat([und.order, gen_order], 1), torch.cat([und_valid, gen_valid], 1))
+        # Und index tensors may sit on the host while the model runs elsewhere (meta-device shape runs).
+        und_valid, und_order = und.valid.to(gen_order.device), und.order.to(gen_order.device)
+        joint = generalized_causal_mask(torch.cat([und_order, gen_order], 1), torch.cat([und_valid, gen_valid], 1))
         n_und = und_valid.shape[1]
         return joint, causal_mask(und_valid), joint[..., n_und:, n_und:]
+
+    @property
+    def supports_cache(self) -> bool:
+        """Whether every fusion block can run its generation side against cached und K/V."""
+        return all(hasattr(f, "und_keys_values") and hasattr(f, "attend_generation") for f in self.fusion)
+
+    def forward_with_cache(self, und: UndInputs, gen: GenInputs) -> tuple[FusedOutput, UndCache]:
+        """`forward`, also returning the und-side K/V of every fusion block for `forward_generation`.
+
+        The noisy target's content does not matter to the cache (no und token sees it), so the
+        first sampling step computes both at once.
+        """
+        h_und, rope_und = self.und.embed(und)
+        h_gen, rope_gen, cond = self.gen.embed(gen)
+        joint, und_mask, gen_mask = self._masks(und, gen, h_gen.shape[1])
+        ran, kv = 0, []
+        for i, fusion in enumerate(self.fusion):
+            h_und, ran = self._run_vlm(h_und, und_mask, rope_und, ran, self.schedule[i])
+            h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
+            kv.append(fusion.und_keys_values(h_und, rope_und))
+            h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen, und_kv=kv[-1])
+        for j in range(len(self.fusion), self.gen.num_layers):
+            h_gen = self.gen.block(j, h_gen, gen_mask, rope_gen, cond)
+        h_und, _ = self._run_vlm(h_und, und_mask, rope_und, ran, self.und.num_layers)
+        return FusedOutput(h_und, self.gen.head(h_gen, cond)), UndCache(kv, und.order, und.valid)
+
+    def encode_understanding(self, und: UndInputs, gen: GenInputs) -> UndCache:
+        """The cache alone; `gen` must hold the clean source slots (any noise in the target)."""
+        return self.forward_with_cache(und, gen)[1]
+
+    def forward_generation(self, gen: GenInputs, cache: UndCache) -> torch.Tensor:
+        """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C)."""
+        h_gen, rope_gen, cond = self.gen.embed(gen)
+        joint, _, gen_mask = self._masks(cache, gen, h_gen.shape[1])
+        rows = joint[..., cache.order.shape[1]:, :]
+        for i, fusion in enumerate(self.fusion):
+            h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
+            h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
+        for j in range(len(self.fusion), self.gen.num_layers):
+            h_gen = self.gen.block(j, h_gen, gen_mask, rope_gen, cond)
+        return self.gen.head(h_gen, cond)
 
     def understanding_logits(self, out: FusedOutput) -> torch.Tensor:
         return self.und.logits(out.und_hidden)
@@ -70,7 +130,9 @@ def fusion_geometry(cfg: FusionConfig, und: UnderstandingAdapter, gen: Generatio
     """Heads and head dim of the joint attention; each stream's rotary needs the same head dim."""
     heads = cfg.num_heads or und.num_heads
     head_dim = cfg.head_dim or und.head_dim
-    if cfg.positional == "per_stream" and not head_dim == und.head_dim == gen.head_dim:
+    # A tower without rotary embeddings (`has_rotary = False`, e.g. SD3) rotates nothing, at any width.
+    gen_dim = gen.head_dim if getattr(gen, "has_rotary", True) else head_dim
+    if cfg.positional == "per_stream" and not head_dim == und.head_dim == gen_dim:
         raise ValueError(
             f"fusion.head_dim {head_dim} must equal the VLM's ({und.head_dim}) and the DiT's "
             f"({gen.head_dim}) head dim for per-stream rotary embeddings; set fusion.positional: none"
@@ -88,4 +150,19 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
         specs = StreamSpec(und.hidden_size, und.rotate), StreamSpec(gen.hidden_size, gen.rotate)
         fusion = FUSION.get(recipe.fusion.block)(recipe.fusion, *specs, heads, head_dim, gen.num_layers)
     schedule = vlm_depth_schedule(len(fusion), und.num_layers, recipe.fusion.depth_offset)
-    return LightBagel(und, gen, fusion, schedule)
+    model = LightBagel(und, gen, fusion, schedule)
+    # Which encoders of an edit source the model was trained to see; the sampler hides the other.
+    model.edit_condition = recipe.objective.edit_condition
+    return model
+
+
+def without_weights(recipe: RecipeConfig) -> RecipeConfig:
+    """The same recipe with every backbone built from its card's `config`: nothing is read."""
+    gen = replace(recipe.generation, load_weights=False, vae=replace(recipe.generation.vae, load_weights=False))
+    return replace(recipe, understanding=replace(recipe.understanding, load_weights=False), generation=gen)
+
+
+def build_skeleton(recipe: RecipeConfig, device: torch.device | str = "meta") -> LightBagel:
+    """The recipe's full architecture from the cards' shipped configs, on `device` (default meta:
+    no memory, no download); what `lightbagel-plan` counts and the shape tests run."""
+    return build_model(without_weights(recipe), device=device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ class TrainBatch:
     has_source: torch.Tensor  # (B,) bool
     source_order: torch.Tensor  # (B,) logical order of the source's clean VAE split
     texts: list[str]
+    # Set by the mixture pipeline: the producing worker's resumable state and skip counts.
+    data_state: Optional[dict] = None
 
     def __len__(self) -> int:
         return self.target.shape[0]
@@ -37,11 +39,15 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def prompt_segments(text: str, source: Image.Image | None, vit_size: int) -> list:
-    """BAGEL's editing layout: the source as ViT tokens first, then the instruction."""
+def prompt_segments(text: str, source: Image.Image | None, vit_size: Union[int, tuple[int, int]]) -> list:
+    """BAGEL's editing layout: the source as ViT tokens first, then the instruction.
+
+    ``vit_size`` is a square side or a (width, height) kept from the image's aspect ratio.
+    """
     if source is None:
         return [text]
-    return [source.resize((vit_size, vit_size), Image.BICUBIC), text]
+    size = (vit_size, vit_size) if isinstance(vit_size, int) else tuple(vit_size)
+    return [source if source.size == size else source.resize(size, Image.BICUBIC), text]
 
 
 class Collator:
@@ -51,7 +57,8 @@ class Collator:
         self.processor, self.vit_size = processor, vit_size
 
     def __call__(self, samples: Sequence[dict]) -> TrainBatch:
-        prompts = [self.processor.encode(prompt_segments(s["text"], s["source"], self.vit_size)) for s in samples]
+        prompts = [self.processor.encode(prompt_segments(s["text"], s["source"], s.get("vit_size", self.vit_size)))
+                   for s in samples]
         targets = torch.stack([image_to_tensor(s["target"]) for s in samples])
         sources = torch.stack([
             image_to_tensor(s["source"]) if s["source"] is not None else torch.zeros_like(targets[0])

@@ -1,67 +1,166 @@
-"""LightningDataModule over the shapes world's webdataset shards."""
+"""The LightningDataModule of every recipe: a weighted, staged, bucketed webdataset mixture.
+
+With ``source: shapes`` and no ``sources`` the built-in shapes world is written as shards under
+``root`` first and is the one source. State (``state_dict``) is the batches this rank consumed
+and each worker role's counters; Lightning stores it in checkpoints, so a resumed run continues
+with exactly the batches an uninterrupted run would have seen (same workers and ranks).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Optional
 
 import lightning as L
-from torch.utils.data import DataLoader, IterableDataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 from lightbagel.backbones.understanding.base import UndProcessor
-from lightbagel.data.collate import Collator
-from lightbagel.data.shards import SkipCounter, read_shapes_samples, write_shapes_shards
-from lightbagel.recipe.schema import DataConfig
+from lightbagel.data.buckets import ResolutionPolicy
+from lightbagel.data.collate import Collator, TrainBatch
+from lightbagel.data.mixture import Schedule
+from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
+from lightbagel.data.shards import SkipCounter, write_shapes_shards
+from lightbagel.data.streams import expand_urls
+from lightbagel.recipe.schema import DataConfig, SourceConfig
 
 log = logging.getLogger(__name__)
 
-
-class EndlessShards(IterableDataset):
-    """Streams the shards epoch after epoch, reshuffled per epoch; training is step-bounded."""
-
-    def __init__(self, urls: list[str], cfg: DataConfig, counter: SkipCounter):
-        self.urls, self.cfg, self.counter = urls, cfg, counter
-
-    def __iter__(self) -> Iterator[dict]:
-        epoch = 0
-        while True:
-            seen = 0
-            for sample in read_shapes_samples(self.urls, self.cfg.shuffle_buffer, self.cfg.seed + epoch, self.counter):
-                seen += 1
-                yield sample
-            if seen == 0:
-                raise RuntimeError(f"no readable samples in {len(self.urls)} shards: {self.counter.as_dict()}")
-            epoch += 1
+STATE_VERSION = 1
+WAN_VAE_MULTIPLE = 32  # Wan2.2 VAE (16x) times the DiT patch (2): one token per 32x32 pixels
 
 
-class ShapesDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, processor: UndProcessor, root: Path):
+def _first(batch: Any) -> Any:
+    return batch  # batches are collated inside the workers
+
+
+class MixtureDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, processor: UndProcessor, root: Optional[Path] = None, *,
+                 vae_multiple: Optional[int] = None, batches_per_step: int = 1,
+                 rank: Optional[int] = None, world_size: Optional[int] = None):
         super().__init__()
-        self.cfg, self.processor, self.root = cfg, processor, root
-        self.skipped = SkipCounter()
-        self.urls: list[str] = []
+        self.cfg, self.processor = cfg, processor
+        self.root = Path(root if root is not None else cfg.root)
+        self.vae_multiple = cfg.resolution.vae_multiple or vae_multiple or WAN_VAE_MULTIPLE
+        self.batches_per_step, self._rank, self._world = batches_per_step, rank, world_size
+        self.skipped = SkipCounter()  # "source/reason" -> count, summed over this rank's workers
+        self.sources: list[SourceConfig] = []
+        self.consumed = 0
+        self.roles: dict[int, dict] = {}
+        self.last_state: Optional[dict] = None
 
+    # ------------------------------------------------------------------ setup
     def prepare_data(self) -> None:
-        # Rank 0 only: writes the shards once; later runs find them cached by the manifest.
-        self._write()
+        if self._uses_shapes():  # rank 0 only: later calls find the shards cached
+            self._write_shapes()
 
-    def setup(self, stage: str) -> None:
-        self.urls = self._write()
+    def setup(self, stage: str = "fit") -> None:
+        self.sources = self._resolve_sources()
+        Schedule.build(self.sources, list(self.cfg.stages))  # fail early on a bad card
 
-    def _write(self) -> list[str]:
+    def _uses_shapes(self) -> bool:
+        return self.cfg.source == "shapes" and not self.cfg.sources
+
+    def _write_shapes(self) -> list[str]:
         cfg = self.cfg
-        # At least one shard per DataLoader worker, so that no worker is left without data.
         per_shard = min(1000, -(-cfg.num_samples // max(1, cfg.num_workers)))
         return write_shapes_shards(self.root, cfg.num_samples, cfg.image_size, dict(cfg.task_weights),
                                    seed=cfg.seed, samples_per_shard=per_shard)
 
-    def train_dataloader(self) -> DataLoader:
+    def _resolve_sources(self) -> list[SourceConfig]:
+        if self._uses_shapes():
+            return [SourceConfig(name="shapes", urls=self._write_shapes(), weight=1.0, task="t2i")]
+        if not self.cfg.sources:
+            raise ValueError(f"data card {self.cfg.card!r}: source is webdataset but `sources` is empty")
+        resolved = []
+        for src in self.cfg.sources:
+            urls = expand_urls(list(src.urls))
+            if not urls:
+                raise ValueError(f"data source {src.name!r}: urls {list(src.urls)} match no shard")
+            resolved.append(SourceConfig(name=src.name, urls=urls, weight=src.weight, task=src.task))
+        return resolved
+
+    # ------------------------------------------------------------------ loading
+    def plan_rank(self) -> tuple[int, int]:
+        """(rank, world size): given explicitly, else the trainer's, else a single process."""
+        trainer = getattr(self, "trainer", None)
+        rank = self._rank if self._rank is not None else (trainer.global_rank if trainer else 0)
+        world = self._world if self._world is not None else (trainer.world_size if trainer else 1)
+        return rank, world
+
+    def plan(self) -> MixturePlan:
         cfg = self.cfg
-        return DataLoader(
-            EndlessShards(self.urls, cfg, self.skipped),
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            collate_fn=Collator(self.processor, cfg.vit_image_size),
-            persistent_workers=cfg.num_workers > 0,
+        rank, world = self.plan_rank()
+        if not self.sources:
+            self.setup()
+        return MixturePlan(
+            sources=[SourceSpec(s.name, tuple(s.urls), s.task) for s in self.sources],
+            schedule=Schedule.build(self.sources, list(cfg.stages)),
+            policy=ResolutionPolicy(cfg.resolution, self.vae_multiple),
+            collator=Collator(self.processor, cfg.vit_image_size),
+            batch_size=cfg.batch_size, token_budget=cfg.packing.token_budget,
+            max_wait=cfg.packing.max_wait, block_size=max(1, cfg.shuffle_buffer), seed=cfg.seed,
+            rank=rank, world_size=world, batches_per_step=self.batches_per_step,
+            consumed=self.consumed, roles=dict(self.roles),
         )
+
+    def train_dataloader(self) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(MixtureDataset(self.plan()), batch_size=None, num_workers=workers,
+                          collate_fn=_first, persistent_workers=workers > 0,
+                          prefetch_factor=2 if workers > 0 else None)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, TrainBatch) and batch.data_state is not None:
+            self.record(batch.data_state)
+        return batch
+
+    def record(self, state: dict) -> None:
+        """Note that the training loop consumed the batch carrying ``state``."""
+        self.consumed += 1
+        self.roles[int(state["role"])] = {k: v for k, v in state.items() if k not in ("sources", "keys")}
+        self.last_state = state
+        self._update_skipped(warn=True)
+
+    def _update_skipped(self, warn: bool) -> None:
+        totals: dict[str, int] = {}
+        for role in self.roles.values():
+            for source, counts in role["skipped"].items():
+                for reason, n in counts.items():
+                    totals[f"{source}/{reason}"] = totals.get(f"{source}/{reason}", 0) + n
+        for key, n in totals.items():
+            before = self.skipped.counts.get(key, 0)
+            if warn and n > before:
+                log.warning("data: skipped %d more sample(s) of %s (%d so far)", n - before, key, n)
+        self.skipped.counts = totals
+
+    # ------------------------------------------------------------------ resume
+    def _rank_state(self) -> dict[str, Any]:
+        workers = max(1, self.cfg.num_workers)
+        return {"consumed": self.consumed, "roles": [self.roles.get(r) for r in range(workers)]}
+
+    def state_dict(self) -> dict[str, Any]:
+        # Every rank's stream differs, but only rank 0 writes the checkpoint: gather them all.
+        ranks = [self._rank_state()]
+        if dist.is_available() and dist.is_initialized():
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, self._rank_state())
+        return {"version": STATE_VERSION, "workers": max(1, self.cfg.num_workers),
+                "batches_per_step": self.batches_per_step, "ranks": ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        workers, rank = max(1, self.cfg.num_workers), self.plan_rank()[0]
+        if state.get("version") != STATE_VERSION or state.get("workers") != workers:
+            raise ValueError(f"cannot resume the data stream: the checkpoint has {state.get('workers')} "
+                             f"data workers, this run {workers}; set data.num_workers={state.get('workers')}")
+        if rank >= len(state["ranks"]):
+            raise ValueError(f"cannot resume the data stream: the checkpoint has {len(state['ranks'])} "
+                             f"ranks, this is rank {rank}; resume with the same devices and nodes")
+        mine = state["ranks"][rank]
+        self.consumed = int(mine["consumed"])
+        self.roles = {r: s for r, s in enumerate(mine["roles"]) if s is not None}
+        self._update_skipped(warn=False)
+
+
+ShapesDataModule = MixtureDataModule  # the name training/fit.py has always used

@@ -99,6 +99,20 @@ class DoubleFusionBlock(nn.Module):
             h_und = h_und + self.und.to_out(out[:, :n_und])
         return h_und, h_gen
 
+    def attend_generation(self, h_gen, mask_rows, rope_gen, und_kv) -> torch.Tensor:
+        """The generation side alone against cached understanding K/V: one sampling step.
+
+        `mask_rows` are the gen rows of the joint mask, (B, 1, Lg, Lu + Lg). Gen queries never
+        feed the und side, so this equals the gen output of `forward` given the same `und_kv`.
+        """
+        gen_rot = self.gen_rotate if self.per_stream_rope else None
+        x_gen = self.gen.norm(h_gen)
+        k_g, v_g = self.gen.keys_values(x_gen, gen_rot, rope_gen)
+        q_g = self.gen.queries(x_gen, gen_rot, rope_gen)
+        k_u, v_u = und_kv
+        out = _attend(q_g, torch.cat([k_u, k_g], 1), torch.cat([v_u, v_g], 1), mask_rows)
+        return h_gen + self.gen.to_out(out)
+
 
 def _attend(q, k, v, mask) -> torch.Tensor:
     """(B, L, H, D) tensors -> (B, Lq, H*D)."""

@@ -20,6 +20,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "generation.cross_attention": ("skip", "keep"),
     "fusion.block": ("double_fusion",),
     "fusion.positional": ("per_stream", "none"),
+    "objective.edit_condition": ("both", "vit", "vae"),
     "data.source": ("shapes", "webdataset"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
     "trainer.strategy": ("auto", "fsdp2", "ddp"),
@@ -38,6 +39,9 @@ class UnderstandingConfig:
     # Backbone config kwargs (transformers config) used when `pretrained` is None,
     # or applied as overrides on top of the pretrained config.
     config: Dict[str, Any] = field(default_factory=dict)
+    # False builds the architecture from `config` without reading any weights or tokenizer
+    # (random init, or no memory at all on the meta device): `lightbagel-plan`, shape tests.
+    load_weights: bool = True
     # Image processor settings (patch/merge sizes come from the vision config).
     min_pixels: int = 56 * 56
     max_pixels: int = 532 * 532
@@ -57,6 +61,7 @@ class VAEConfig:
     subfolder: Optional[str] = None
     config: Dict[str, Any] = field(default_factory=dict)
     freeze: bool = True
+    load_weights: bool = True  # as UnderstandingConfig.load_weights
 
 
 @dataclass
@@ -71,6 +76,7 @@ class GenerationConfig:
     config: Dict[str, Any] = field(default_factory=dict)
     vae: VAEConfig = field(default_factory=VAEConfig)
     freeze: bool = False
+    load_weights: bool = True  # as UnderstandingConfig.load_weights
     # What to do with the DiT's text cross-attention (umT5 is never loaded):
     # "skip" drops the sub-layer; text reaches the DiT through fusion only.
     cross_attention: str = "skip"
@@ -99,6 +105,51 @@ class FusionConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One webdataset source of a mixture (docs/data.md has the sample schema per task)."""
+
+    name: str = "???"
+    # Shard URLs: brace patterns ("data/t2i-{000000..000099}.tar"), globs, local paths or pipe: URLs.
+    urls: List[str] = field(default_factory=list)
+    weight: float = 1.0
+    # Task of samples without a `task.txt` member: t2i, edit, und or in_context.
+    task: str = "t2i"
+
+
+@dataclass
+class StageConfig:
+    """From `start_step` on, the mixture uses these weights (source name -> weight)."""
+
+    start_step: int = 0
+    weights: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ResolutionConfig:
+    """Native aspect ratio within min/max short/long sides (DESIGN.md), per image side."""
+
+    vae_min_short: int = 512
+    vae_max_long: int = 1024
+    # Side multiple of VAE images; None: VAE factor x DiT patch of the model (32 for Wan2.2).
+    vae_multiple: Optional[int] = None
+    vit_min_short: int = 224
+    vit_max_long: int = 532
+    vit_multiple: int = 28
+    # Larger images are skipped as "oversize" before they are decoded.
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass
+class PackingConfig:
+    """Token budget per batch: a batch holds same-size images up to this many tokens."""
+
+    # None: fixed `batch_size` samples per batch; otherwise `batch_size` is the cap.
+    token_budget: Optional[int] = None
+    # A sample waiting longer than this many draws for its bucket to fill is sent in a short batch.
+    max_wait: int = 256
+
+
+@dataclass
 class DataConfig:
     """Where samples come from and how they are batched."""
 
@@ -114,6 +165,12 @@ class DataConfig:
     shuffle_buffer: int = 1000
     # ViT side of an edit source image: its short side in pixels.
     vit_image_size: int = 32
+    # Mixture (docs/data.md). With source "shapes" and no `sources`, the generated shapes shards
+    # under `root` are the one source.
+    sources: List[SourceConfig] = field(default_factory=list)
+    stages: List[StageConfig] = field(default_factory=list)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
 
 
 @dataclass
@@ -122,6 +179,29 @@ class MLflowConfig:
     tracking_uri: Optional[str] = None  # None: a local store under output_dir
     experiment: str = "lightbagel"
     run_name: Optional[str] = None
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the trainable weights (exported beside the model)."""
+
+    enabled: bool = False
+    decay: float = 0.999
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning: everything else is frozen."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Per component (understanding, generation, fusion): module-name suffixes to adapt.
+    targets: Dict[str, List[str]] = field(default_factory=lambda: {
+        "fusion": ["to_q", "to_k", "to_v", "to_out"],
+        "generation": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"],
+    })
 
 
 @dataclass
@@ -144,6 +224,16 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     enable_progress_bar: bool = True
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    # FSDP2 (strategy: fsdp2): keep sharded parameters and optimizer state in host memory.
+    cpu_offload: bool = False
+    # Checkpoints under <output_dir>/checkpoints: every N optimizer steps (0: max_steps // 4),
+    # the newest `keep_checkpoints` kept; sharded (one file per rank) under fsdp2.
+    checkpoint_every_n_steps: int = 0
+    keep_checkpoints: int = 2
+    # Non-finite losses skip their step; this many in a row stop the run (with a checkpoint).
+    max_nonfinite_steps: int = 5
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -156,6 +246,10 @@ class ObjectiveConfig:
     text_dropout: float = 0.1
     vae_dropout: float = 0.1
     vit_dropout: float = 0.5
+    # Which encoders see an edit's source image (the paper's "double fusion" ablation): "both"
+    # (ViT and clean VAE tokens), "vit" (ViT only) or "vae" (VAE only). Training and sampling
+    # hide the other one exactly as condition dropout does.
+    edit_condition: str = "both"
 
 
 @dataclass
@@ -172,6 +266,8 @@ class RecipeConfig:
     name: str = "lightbagel"
     seed: int = 0
     output_dir: str = "outputs/${name}"
+    # A `lightbagel-fit` export directory whose weights initialise the model (fine-tuning).
+    init_from: Optional[str] = None
     understanding: UnderstandingConfig = field(default_factory=UnderstandingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import ShapesDataModule
+from lightbagel.data.monitor import DataMonitor
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.export import export_model
@@ -71,7 +72,10 @@ def fit(recipe: Recipe) -> FitResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LightBagelModule(cfg)
     processor = module.model.und.processor
-    data = ShapesDataModule(cfg.data, processor, Path(cfg.data.root))
+    gen = module.model.gen
+    data = ShapesDataModule(cfg.data, processor, Path(cfg.data.root),
+                            vae_multiple=gen.vae.spatial_factor * gen.patch_size[1],
+                            batches_per_step=cfg.trainer.accumulate_grad_batches)
     logger = make_logger(recipe, out)
     history = LossHistory()
     tr = cfg.trainer
@@ -80,6 +84,7 @@ def fit(recipe: Recipe) -> FitResult:
         SampleGrid(Collator(processor, cfg.data.vit_image_size), out / "samples", tr.sample_every_n_steps,
                    tr.num_sample_images, cfg.data.image_size, tr.sample_steps, cfg.objective.timestep_shift),
         SkippedDataLogger(data.skipped, tr.log_every_n_steps),
+        DataMonitor(data, tr.log_every_n_steps),
         ThroughputMonitor(batch_size_fn=len, length_fn=token_counter(module.model),
                           window_size=max(2, tr.log_every_n_steps)),
         ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, every_n_train_steps=max(1, tr.max_steps // 4),

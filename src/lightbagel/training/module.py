@@ -1,17 +1,30 @@
-"""The LightningModule: flow matching on the fused model, condition dropout, AdamW."""
+"""The LightningModule: flow matching on the fused model, condition dropout, AdamW.
+
+Side concerns of scaling out live in their own modules and are applied in `configure_model`
+(FSDP2, activation checkpointing: sharding.py; EMA: ema.py; LoRA: lora.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import TEXT, VIT, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, build_model
 from lightbagel.recipe.schema import ObjectiveConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
+from lightbagel.training.ema import EMAWeights
+from lightbagel.training.flops import stream_weights, train_flops
+from lightbagel.training.lora import add_lora
+from lightbagel.training.randomness import draw, sample_seeds
+from lightbagel.training.sharding import model_units, parallelize, shard_plan
 
 
 class LightBagelModule(L.LightningModule):
@@ -19,22 +32,74 @@ class LightBagelModule(L.LightningModule):
         super().__init__()
         self.recipe = recipe
         self.model = model if model is not None else build_model(recipe)
+        if recipe.init_from:
+            load_init(self.model, recipe.init_from)
+        if recipe.trainer.lora.enabled:
+            add_lora(self.model, recipe.trainer.lora)
+        self.ema: Optional[EMAWeights] = None
+        self.nonfinite_total = self.nonfinite_streak = 0
+        self.flops_per_batch: Optional[int] = None  # read by ThroughputMonitor for MFU
+        self._configured = False
 
-    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
-        loss, n_tokens = self.flow_matching_loss(batch)
+    def configure_model(self) -> None:
+        """FSDP2 under ModelParallelStrategy (`self.device_mesh` set), activation checkpointing, EMA."""
+        if self._configured:  # Lightning may call it again (e.g. validate after fit)
+            return
+        tr = self.recipe.trainer
+        units = model_units(self.model, self.recipe.understanding.adapter, self.recipe.generation.adapter)
+        self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
+        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        parallelize(self.model, units, shard_plan(tr), mesh)
+        if tr.ema.enabled:
+            self.ema = EMAWeights(self.model, tr.ema.decay)
+        self._configured = True
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Optional[torch.Tensor]:
+        loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
+        if not self._all_ranks_finite(loss):
+            # Skipped on every rank alike (no backward, no optimizer step), counted, and stopped
+            # by NonFiniteGuard after `trainer.max_nonfinite_steps` in a row.
+            self.nonfinite_total += 1
+            self.nonfinite_streak += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_total), batch_size=len(batch))
+            return None
+        self.nonfinite_streak = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train/target_tokens", float(n_tokens), batch_size=len(batch))
+        if self._configured:
+            und_tokens = int(batch.und.attention_mask.sum())
+            self.flops_per_batch = train_flops(self._weights, und_tokens, n_tokens * (1 + int(batch.has_source.any())))
         return loss
 
-    def flow_matching_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, int]:
+    def _seeds(self, batch: TrainBatch, batch_idx: int) -> list[int]:
+        """Per-sample keys: (seed, micro-step, global sample index); see randomness.py."""
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        micro_step = self.global_step * accumulate + batch_idx % accumulate
+        first = self.global_rank * len(batch)
+        return sample_seeds(self.recipe.seed, micro_step, first, len(batch))
+
+    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def flow_matching_loss(self, batch: TrainBatch, seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, int]:
+        """With `seeds`, every random draw of sample i comes from seeds[i]; else from torch's RNG."""
         obj = self.recipe.objective
-        und, source_valid = drop_conditions(batch, obj)
         gen = self.model.gen
         with torch.no_grad():
             x0 = gen.vae.encode(batch.target)
+        draws = draw(seeds, tuple(x0.shape[1:]), x0.device, x0.dtype) if seeds is not None else None
+        und, source_valid = drop_conditions(batch, obj, None if draws is None else draws.uniform)
+        with torch.no_grad():
             source = gen.vae.encode(batch.source) if bool(source_valid.any()) else None
-        t = fm.sample_time(len(batch), obj.timestep_shift, obj.logit_mean, obj.logit_std, device=x0.device)
-        noise = torch.randn_like(x0)
+        if draws is None:
+            t = fm.sample_time(len(batch), obj.timestep_shift, obj.logit_mean, obj.logit_std, device=x0.device)
+            noise = torch.randn_like(x0)
+        else:
+            normal = draws.normal * obj.logit_std + obj.logit_mean
+            t, noise = fm.shift_time(torch.sigmoid(normal), obj.timestep_shift), draws.noise
         inputs = gen_inputs(fm.interpolate(x0, noise, t), t, source, source_valid, batch.source_order)
         out = self.model(und, inputs)
         n_target = gen.tokens_per_slot(*x0.shape[-2:])
@@ -42,6 +107,19 @@ class LightBagelModule(L.LightningModule):
         # Mean over every noisy target token of the batch: each token weighs the same.
         loss = (out.velocity[:, -n_target:].float() - target.float()).pow(2).mean()
         return loss, n_target * len(batch)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Trainable weights the loss never reaches (e.g. the und-side output of the last fusion
+        # blocks) get zero gradients: AdamW then holds state for every weight, which a sharded
+        # checkpoint needs to resume on another number of ranks. A zero gradient moves nothing.
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def configure_optimizers(self):
         opt = self.recipe.optim
@@ -52,17 +130,42 @@ class LightBagelModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Everything `lightbagel-export` needs to rebuild the model from the checkpoint alone.
+        checkpoint["recipe_yaml"] = OmegaConf.to_yaml(OmegaConf.structured(self.recipe))
+        checkpoint["nonfinite"] = {"total": self.nonfinite_total, "streak": self.nonfinite_streak}
 
-def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig) -> tuple[UndInputs, torch.Tensor]:
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counts = checkpoint.get("nonfinite", {})
+        self.nonfinite_total = counts.get("total", 0)
+        self.nonfinite_streak = counts.get("streak", 0)
+
+
+def load_init(model: LightBagel, export_dir: str | Path) -> None:
+    """Initialises from a `lightbagel-fit` export (`model.safetensors`): fine-tuning a trained model."""
+    path = Path(export_dir) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {path} not found; point init_from at a lightbagel-fit export dir")
+    result = model.load_state_dict(load_file(path), strict=False)
+    if result.unexpected_keys:
+        raise KeyError(f"init_from: {path} holds weights this recipe's model lacks: {result.unexpected_keys[:3]}"
+                       "; use the recipe the export was trained with")
+
+
+def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig,
+                    uniform: Optional[torch.Tensor] = None) -> tuple[UndInputs, torch.Tensor]:
     """Condition dropout for classifier-free guidance: hide text, ViT or the source's VAE tokens.
 
     Hidden tokens stay in place but are masked out of every attention, which is exactly how the
-    unconditional branches are built at sampling time.
+    unconditional branches are built at sampling time. `uniform` (B, 3) gives the draws, else
+    torch's RNG does.
     """
     n, device = len(batch), batch.target.device
-    drop_text = torch.rand(n, device=device) < obj.text_dropout
-    drop_vit = torch.rand(n, device=device) < obj.vit_dropout
-    drop_vae = torch.rand(n, device=device) < obj.vae_dropout
+    if uniform is None:
+        uniform = torch.stack([torch.rand(n, device=device) for _ in range(3)], dim=1)
+    drop_text = uniform[:, 0] < obj.text_dropout
+    drop_vit = uniform[:, 1] < obj.vit_dropout
+    drop_vae = uniform[:, 2] < obj.vae_dropout
     seg = batch.und.segment
     keep = ~((seg == TEXT) & drop_text[:, None]) & ~((seg == VIT) & drop_vit[:, None])
     return replace(batch.und, keep=keep), batch.has_source & ~drop_vae

@@ -17,6 +17,7 @@ from transformers import (
 )
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from lightbagel.backbones.understanding.base import (
     EncodedPrompt,
@@ -24,6 +25,7 @@ from lightbagel.backbones.understanding.base import (
     UnderstandingAdapter,
     UndProcessor,
 )
+from lightbagel.backbones.cards import check_card_config, reads_checkpoint
 from lightbagel.inputs import TEXT, VIT, UndInputs
 from lightbagel.recipe.schema import UnderstandingConfig
 from lightbagel.registry import UNDERSTANDING
@@ -92,20 +94,27 @@ class Qwen25VLAdapter(UnderstandingAdapter):
         return self.model.model.language_model
 
     def embed(self, und: UndInputs) -> tuple[torch.Tensor, tuple]:
+        """Index tensors (ids, grids, masks) may stay on the host while the weights live elsewhere,
+        e.g. on the meta device: the data-dependent index maths (`.tolist()`) then runs on the host
+        and only its results move to the weights' device."""
         vlm = self.model.model
-        hidden = vlm.get_input_embeddings()(und.input_ids)
+        embed_tokens = vlm.get_input_embeddings()
+        device = embed_tokens.weight.device
+        ids = und.input_ids.to(device)
+        hidden = embed_tokens(ids)
         if und.pixel_values is not None:
-            feats = vlm.get_image_features(und.pixel_values, und.image_grid_thw, return_dict=True)
+            grid = und.image_grid_thw
+            host = _host_vision_kwargs(vlm.visual, grid, device) if grid.device != device else {}
+            feats = vlm.get_image_features(und.pixel_values.to(device), grid, return_dict=True, **host)
             feats = torch.cat(feats.pooler_output).to(hidden.dtype)
-            slots = (und.input_ids == vlm.config.image_token_id).unsqueeze(-1)
+            slots = (ids == vlm.config.image_token_id).unsqueeze(-1)
             hidden = hidden.masked_scatter(slots, feats)
             positions, _ = vlm.get_rope_index(
-                und.input_ids, und.mm_token_type_ids, image_grid_thw=und.image_grid_thw,
-                attention_mask=und.attention_mask,
+                und.input_ids, und.mm_token_type_ids, image_grid_thw=grid, attention_mask=und.attention_mask,
             )
         else:
             positions = (und.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return hidden, self._lm.rotary_emb(hidden, positions)
+        return hidden, self._lm.rotary_emb(hidden, positions.to(device))
 
     def block(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
         return self._lm.layers[index](hidden, attention_mask=mask, position_embeddings=rope)
@@ -116,6 +125,19 @@ class Qwen25VLAdapter(UnderstandingAdapter):
     def rotate(self, x: torch.Tensor, rope) -> torch.Tensor:
         cos, sin = (r.unsqueeze(2).to(x.dtype) for r in rope)
         return x * cos + rotate_half(x) * sin
+
+
+def _host_vision_kwargs(visual, grid: torch.Tensor, device: torch.device) -> dict:
+    """The ViT's grid-derived index tensors computed from a host-side grid (transformers accepts
+    them precomputed); lengths stay on the host for the `.tolist()` that splits attention."""
+    position_ids = get_vision_position_ids(grid, visual.spatial_merge_size)
+    cu_seqlens = get_vision_cu_seqlens(grid)
+    window_index, cu_window_seqlens = get_vision_window_index(
+        grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+        patch_size=visual.patch_size,
+    )
+    return {"position_ids": position_ids.to(device), "window_index": window_index.to(device),
+            "cu_seqlens": cu_seqlens, "cu_window_seqlens": cu_window_seqlens}
 
 
 def _tiny_tokenizer(name: str):
@@ -130,12 +152,13 @@ def _from_config(cfg: UnderstandingConfig, tokenizer) -> Qwen2_5_VLForConditiona
     ids = tokenizer.convert_tokens_to_ids
     kwargs = dict(cfg.config)
     kwargs.setdefault("text_config", {})
-    kwargs["text_config"] = {"vocab_size": len(tokenizer), **kwargs["text_config"]}
-    config = Qwen2_5_VLConfig(
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        **kwargs,
-    )
+    special = {"vocab_size": len(tokenizer), "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    kwargs["text_config"] = {**special, **kwargs["text_config"]}
+    # The tokenizer's ids win over a real card's (a weightless build speaks the shapes vocabulary).
+    kwargs.update(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                  vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    config = Qwen2_5_VLConfig(**kwargs)
     config._attn_implementation = cfg.attn_implementation
     return Qwen2_5_VLForConditionalGeneration(config).to(_DTYPES[cfg.dtype])
 
@@ -150,7 +173,7 @@ def _from_pretrained(cfg: UnderstandingConfig) -> Qwen2_5_VLForConditionalGenera
 
 def _image_processor(cfg: UnderstandingConfig, vision) -> Qwen2VLImageProcessorPil:
     size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
-    if cfg.pretrained is None:
+    if not reads_checkpoint(cfg):
         return Qwen2VLImageProcessorPil(
             patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
             temporal_patch_size=vision.temporal_patch_size, size=size,
@@ -162,14 +185,16 @@ def _image_processor(cfg: UnderstandingConfig, vision) -> Qwen2VLImageProcessorP
 
 @UNDERSTANDING.register("qwen2_5_vl")
 def build_qwen2_5_vl(cfg: UnderstandingConfig) -> Qwen25VLAdapter:
-    if cfg.pretrained is None:
-        tokenizer = _tiny_tokenizer(cfg.tokenizer or "shapes")
+    if not reads_checkpoint(cfg):
+        # A real card built without its checkpoint has no tokenizer to read: use the built-in one.
+        tokenizer = _tiny_tokenizer((cfg.tokenizer if cfg.pretrained is None else None) or "shapes")
         model = _from_config(cfg, tokenizer)
     else:
         tokenizer_src = cfg.tokenizer or cfg.pretrained
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_src, revision=cfg.revision or "main",
                                                   trust_remote_code=cfg.trust_remote_code)
         model = _from_pretrained(cfg)
+        check_card_config(dict(cfg.config), model.config.to_dict(), f"understanding card {cfg.card}")
     vision = model.config.vision_config
     processor = QwenProcessor(tokenizer, _image_processor(cfg, vision), vision.spatial_merge_size)
     adapter = Qwen25VLAdapter(model, processor)

@@ -1,0 +1,158 @@
+"""`lightbagel-generate`, `lightbagel-edit`, `lightbagel-chat`: use a trained model.
+
+Each image run writes PNGs plus `settings.json` (prompts, seeds, sampler settings, model dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+DEFAULT_MODEL = "outputs/tiny/export"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"lightbagel-fit export dir (default: {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+
+
+def _sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="outputs/generated", help="output directory")
+    parser.add_argument("--seed", type=int, default=0, help="image k of the run uses seed + k")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None, help="square side in pixels (default: the recipe's)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: the training shift)")
+    parser.add_argument("--cfg-text", type=float, default=4.0, help="text guidance; 1 turns it off")
+    parser.add_argument("--cfg-image", type=float, default=1.5, help="image guidance (editing); 1 turns it off")
+    parser.add_argument("--cfg-interval", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"))
+    parser.add_argument("--renorm", choices=("global", "channel"), default=None)
+    parser.add_argument("--renorm-min", type=float, default=0.0)
+    parser.add_argument("--no-cache", action="store_true", help="recompute the understanding side every step")
+
+
+def _pipeline(args):
+    from lightbagel.inference import LightBagelPipeline
+
+    return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+def _config(pipe, args):
+    overrides = dict(steps=args.steps, text_guidance=args.cfg_text, image_guidance=args.cfg_image,
+                     guidance_interval=tuple(args.cfg_interval), renorm=args.renorm,
+                     renorm_min=args.renorm_min, use_cache=not args.no_cache)
+    if args.shift is not None:
+        overrides["shift"] = args.shift
+    return pipe.default_config(**overrides)
+
+
+def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path]:
+    """Samples every (prompt, sources) pair `--num-images` times in batches; writes PNGs + JSON."""
+    cfg = _config(pipe, args)
+    jobs = [(p, s, k) for p, s in zip(prompts, sources) for k in range(args.num_images)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, records = [], []
+    for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch"):
+        chunk = jobs[start:start + args.batch_size]
+        seeds = [args.seed + start + i for i in range(len(chunk))]
+        result = pipe([j[0] for j in chunk], images=[j[1] for j in chunk], height=args.size, width=args.size,
+                      config=cfg, seed=seeds, progress=True)
+        for i, (image, (prompt, srcs, k)) in enumerate(zip(result.images, chunk)):
+            path = out / f"{start + i:05d}.png"
+            image.save(path)
+            written.append(path)
+            records.append({"file": path.name, "prompt": prompt, "seed": seeds[i], "num_sources": len(srcs)})
+    settings = {"model": str(args.model), "sampler": cfg.to_dict(), "size": args.size or pipe.image_size,
+                "images": records}
+    (out / "settings.json").write_text(json.dumps(settings, indent=2))
+    return written
+
+
+def _fail(prog: str, err: Exception) -> int:
+    print(f"{prog}: {err}", file=sys.stderr)
+    return 2
+
+
+def generate_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lightbagel-generate", description="Text-to-image with a trained model.",
+                                     epilog='example: lightbagel-generate "a red circle left of a blue square"')
+    parser.add_argument("prompts", nargs="*", help="prompts (or --prompt-file)")
+    parser.add_argument("--prompt-file", help="text file, one prompt per line")
+    _common(parser)
+    _sampling(parser)
+    args = parser.parse_args(argv)
+    prompts = list(args.prompts)
+    if args.prompt_file:
+        prompts += [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        return _fail(parser.prog, ValueError("no prompt given; pass one in quotes or --prompt-file FILE"))
+    try:
+        pipe = _pipeline(args)
+        paths = run_images(pipe, args, prompts, [[] for _ in prompts])
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        return _fail(parser.prog, err)
+    print(f"wrote {len(paths)} images and settings.json to {args.out}")
+    return 0
+
+
+def edit_main(argv=None) -> int:
+    from PIL import Image
+
+    parser = argparse.ArgumentParser(prog="lightbagel-edit", description="Instruction editing of source images.",
+                                     epilog='example: lightbagel-edit --image scene.png "make the circle green"')
+    parser.add_argument("instruction", help="the edit instruction")
+    parser.add_argument("--image", action="append", required=True,
+                        help="source image; repeat for several sources of one edit")
+    _common(parser)
+    _sampling(parser)
+    args = parser.parse_args(argv)
+    try:
+        sources = [Image.open(p).convert("RGB") for p in args.image]
+        pipe = _pipeline(args)
+        paths = run_images(pipe, args, [args.instruction], [sources])
+    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
+        return _fail(parser.prog, err)
+    print(f"wrote {len(paths)} images and settings.json to {args.out}")
+    return 0
+
+
+def chat_main(argv=None) -> int:
+    from PIL import Image
+
+    parser = argparse.ArgumentParser(prog="lightbagel-chat", description="Ask questions about images (VLM path).",
+                                     epilog='example: lightbagel-chat --image scene.png "how many objects are there"')
+    parser.add_argument("questions", nargs="*", help="questions; none: read one per line from stdin")
+    parser.add_argument("--image", action="append", default=[], help="image to ask about; repeatable")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    _common(parser)
+    args = parser.parse_args(argv)
+    try:
+        images = [Image.open(p).convert("RGB") for p in args.image]
+        pipe = _pipeline(args)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
+        return _fail(parser.prog, err)
+    interactive = not args.questions
+    questions = args.questions or _stdin_lines()
+    for question in tqdm(questions, desc="answering", disable=interactive or len(questions) < 2):
+        answer = pipe.understand(question, images, max_new_tokens=args.max_new_tokens)
+        print(answer if interactive else f"Q: {question}\nA: {answer}", flush=True)
+    return 0
+
+
+def _stdin_lines():
+    if sys.stdin.isatty():
+        print("ask a question per line; Ctrl-D ends", file=sys.stderr)
+    for line in sys.stdin:
+        if line.strip():
+            yield line.strip()
+
+
+if __name__ == "__main__":
+    sys.exit(generate_main())

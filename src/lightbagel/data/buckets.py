@@ -1,0 +1,92 @@
+"""Resolution bucketing: every image keeps its native aspect ratio within the card's short/long
+side limits, rounded to the model's multiple; a batch holds one image size and fills up to a
+token budget, so small images come in big batches and large ones in small batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lightbagel.recipe.schema import ResolutionConfig
+
+Size = tuple[int, int]  # (width, height), PIL's order
+
+
+def fit_size(width: int, height: int, min_short: int, max_long: int, multiple: int) -> Size:
+    """Scale up to ``min_short`` on the short side, then down to ``max_long`` on the long side
+    (the long limit wins for extreme aspect ratios); round each side down to ``multiple``."""
+    short, long = min(width, height), max(width, height)
+    scale = max(1.0, min_short / short)
+    scale = min(scale, max_long / long) if long * scale > max_long else scale
+    # round() first: 32 * (512 / 32) must not floor to 511.99 -> 480.
+    return tuple(max(multiple, int(round(side * scale, 6)) // multiple * multiple)  # type: ignore[return-value]
+                 for side in (width, height))
+
+
+@dataclass(frozen=True)
+class ResolutionPolicy:
+    cfg: ResolutionConfig
+    vae_multiple: int
+
+    def vae_size(self, size: Size) -> Size:
+        return fit_size(*size, self.cfg.vae_min_short, self.cfg.vae_max_long, self.vae_multiple)
+
+    def vit_size(self, size: Size) -> Size:
+        return fit_size(*size, self.cfg.vit_min_short, self.cfg.vit_max_long, self.cfg.vit_multiple)
+
+    def tokens(self, target: Size, vit: Optional[Size], text: str) -> int:
+        """Tokens a sample feeds the fused model: VAE tokens of the target (and of the source,
+        whose ViT tokens count too) plus text, estimated by words."""
+        gen = (target[0] // self.vae_multiple) * (target[1] // self.vae_multiple)
+        n = gen + len(text.split()) + 1
+        if vit is not None:
+            n += gen + (vit[0] // self.cfg.vit_multiple) * (vit[1] // self.cfg.vit_multiple) + 2
+        return n
+
+
+@dataclass
+class Pending:
+    draw: int
+    tokens: int
+    sample: dict
+
+
+@dataclass
+class Bucketer:
+    """Per-size buffers of prepared samples; `add` returns a batch once a buffer is full.
+
+    With a token budget, a buffer is sent when the next sample would push it over the budget
+    (that sample starts the next buffer) or when it holds ``max_batch`` samples; without one, at
+    exactly ``max_batch`` samples.
+    """
+
+    max_batch: int
+    token_budget: Optional[int] = None
+    buckets: dict[Size, list[Pending]] = field(default_factory=dict)
+
+    def add(self, size: Size, item: Pending) -> list[Pending] | None:
+        bucket = self.buckets.setdefault(size, [])
+        if self.token_budget is not None and bucket and sum(p.tokens for p in bucket) + item.tokens > self.token_budget:
+            self.buckets[size] = [item]
+            return bucket
+        bucket.append(item)
+        if len(bucket) >= self.max_batch:
+            return self.buckets.pop(size)
+        return None
+
+    def oldest(self) -> Pending | None:
+        waiting = [b[0] for b in self.buckets.values() if b]
+        return min(waiting, key=lambda p: p.draw) if waiting else None
+
+    def pop_oldest(self) -> list[Pending]:
+        oldest = self.oldest()
+        size = next(s for s, b in self.buckets.items() if b and b[0] is oldest)
+        return self.buckets.pop(size)
+
+    def pending(self) -> list[int]:
+        return sorted(p.draw for b in self.buckets.values() for p in b)
+
+    def clear(self) -> list[Pending]:
+        dropped = [p for b in self.buckets.values() for p in b]
+        self.buckets.clear()
+        return dropped

@@ -1,0 +1,34 @@
+"""Where evaluation results go: a markdown table on disk and metrics in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    """A two-column markdown table of any flat metrics."""
+    lines = ["| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
+    return "\n".join(lines)
+
+
+def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking_uri: str,
+                  experiment: str = "lightbagel-eval", run_name: Optional[str] = None,
+                  artifacts: tuple[Path, ...] = ()) -> str:
+    """One MLflow run holding the metrics, the settings and the report files; returns its id."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=run_name)
+    run_id = run.info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value)[:500])  # MLflow's limit on a param value
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id

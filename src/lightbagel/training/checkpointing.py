@@ -1,0 +1,115 @@
+"""Atomic checkpoints every N steps, the newest complete one found for resuming, and data
+loaders that resume at the step they stopped.
+
+A checkpoint (a directory of shards under FSDP2, one file otherwise) is written under a hidden
+temporary name and renamed to `step-NNNNNNNN.ckpt` only once every rank has finished: a run
+killed while saving leaves the previous checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d{8})\.ckpt$")
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}.ckpt"
+
+
+def complete_checkpoints(dirpath: Path | str) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary ones never match the name)."""
+    dirpath = Path(dirpath)
+    if not dirpath.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in dirpath.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(dirpath: Path | str) -> Optional[Path]:
+    found = complete_checkpoints(dirpath)
+    return found[-1] if found else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+class AtomicCheckpoint(L.Callback):
+    """Saves every `every_n_steps` optimizer steps and at the end; keeps the newest `keep`."""
+
+    def __init__(self, dirpath: Path | str, every_n_steps: int, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"trainer.keep_checkpoints must be >= 1, got {keep}")
+        self.dirpath, self.every, self.keep = Path(dirpath), max(1, every_n_steps), keep
+        self._saved_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if stepped and trainer.global_step % self.every == 0:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> Path:
+        """Collective: every rank calls it. Returns the checkpoint's final path."""
+        step = trainer.global_step
+        final = self.dirpath / checkpoint_name(step)
+        if step == self._saved_step:
+            return final
+        tmp = self.dirpath / f"{_TMP_PREFIX}{final.name}"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            for stale in self.dirpath.glob(f"{_TMP_PREFIX}*"):  # left by a run killed mid-save
+                _remove(stale)
+        trainer.strategy.barrier("lightbagel.checkpoint.prepare")
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank writes its shard; ends with a barrier
+        if trainer.is_global_zero:
+            _remove(final)
+            tmp.rename(final)
+            for old in complete_checkpoints(self.dirpath)[: -self.keep]:
+                _remove(old)
+        trainer.strategy.barrier("lightbagel.checkpoint.commit")
+        self._saved_step = step
+        log.info("checkpoint: %s", final)
+        return final
+
+
+class ResumableLoader:
+    """Wraps a deterministic iterable of batches; a resumed run skips the batches already trained.
+
+    `FastForward` sets `skip` from the restored step before the first batch is drawn, so batch k
+    of a resumed run is batch k of an uninterrupted one.
+    """
+
+    def __init__(self, batches: Iterable):
+        self.batches, self.skip = batches, 0
+
+    def __iter__(self) -> Iterator:
+        it = iter(self.batches)
+        for _ in range(self.skip):
+            next(it)
+        yield from it
+
+
+class FastForward(L.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        loader = trainer.train_dataloader
+        loaders = loader if isinstance(loader, (list, tuple)) else [loader]
+        done = trainer.global_step * trainer.accumulate_grad_batches
+        for item in loaders:
+            if isinstance(item, ResumableLoader):
+                item.skip = done

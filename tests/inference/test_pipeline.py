@@ -1,0 +1,78 @@
+"""The pipeline: save/load round trip, text-to-image, editing with one or two sources, answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from lightbagel.data import shapes
+from lightbagel.inference import LightBagelPipeline, SamplerConfig
+
+FAST = SamplerConfig(steps=2, shift=1.0)
+
+
+@pytest.fixture
+def pipe(tiny_recipe):
+    from lightbagel.model import build_model
+
+    model = build_model(tiny_recipe.config).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a "trained" model: fusion weights away from zero
+        for p in model.fusion.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return LightBagelPipeline(model, tiny_recipe.config)
+
+
+def _scene_image(seed: int) -> Image.Image:
+    return shapes.render(shapes.sample_scene(random.Random(seed)), 32)
+
+
+def test_save_and_load_give_the_same_images(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "export")
+    again = LightBagelPipeline.from_pretrained(tmp_path / "export")
+    a = pipe("a red circle", config=FAST, seed=3).images[0]
+    b = again("a red circle", config=FAST, seed=3).images[0]
+    assert a.size == (32, 32)
+    assert list(a.getdata()) == list(b.getdata())
+
+
+def test_batch_of_prompts_with_and_without_sources(pipe):
+    src = _scene_image(1)
+    out = pipe(["a blue square", "make the circle green", "add a red circle"],
+               images=[None, src, [src, _scene_image(2)]], config=FAST, seed=0)
+    assert len(out.images) == 3 and out.settings["num_sources"] == [0, 1, 2]
+    assert out.settings["seeds"] == [0, 1, 2]
+    # The one-source edit alone gives the same image as inside the mixed batch.
+    alone = pipe("make the circle green", images=src, config=FAST, seed=[1]).images[0]
+    diff = torch.tensor(list(alone.getdata())) - torch.tensor(list(out.images[1].getdata()))
+    assert diff.abs().max() <= 1  # uint8 rounding of float-tolerance differences
+
+
+def test_num_images_per_prompt_and_seeds(pipe):
+    out = pipe("a red circle", config=FAST, seed=10, num_images_per_prompt=2)
+    assert out.settings["seeds"] == [10, 11]
+    assert list(out.images[0].getdata()) != list(out.images[1].getdata())
+
+
+def test_size_must_fit_the_patch_grid(pipe):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        pipe("a red circle", height=36, config=FAST)
+
+
+def test_understand_is_greedy_decoding_of_the_vlm(pipe):
+    image = _scene_image(4)
+    ids = pipe.answer_tokens("what color is the circle", images=[image], max_new_tokens=3)
+    assert 1 <= len(ids) <= 3
+    answer = pipe.understand("what color is the circle", images=[image], max_new_tokens=3)
+    assert answer == pipe.model.und.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    # The first answer token is the argmax of the stand-alone VLM's next-token logits.
+    proc, vlm = pipe.model.und.processor, pipe.model.und.model
+    segs = ["<|im_start|>user\n", image.resize((32, 32), Image.BICUBIC),
+            "what color is the circle<|im_end|>\n<|im_start|>assistant\n"]
+    und = proc.collate([proc.encode(segs)])
+    logits = vlm(input_ids=und.input_ids, attention_mask=und.attention_mask, pixel_values=und.pixel_values,
+                 image_grid_thw=und.image_grid_thw, mm_token_type_ids=und.mm_token_type_ids).logits
+    assert ids[0] == int(logits[0, -1].argmax())

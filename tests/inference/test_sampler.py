@@ -1,0 +1,153 @@
+"""Sampling: the understanding cache changes nothing but speed; CFG, interval, renorm, seeds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lightbagel.inference.sampler import (
+    Conditioning,
+    SamplerConfig,
+    condition_slots,
+    guide,
+    sample,
+    stack_branches,
+    without_images,
+    without_text,
+)
+from lightbagel.inputs import gen_inputs
+
+
+def _perturb_fusion(model, seed: int = 0) -> None:
+    """Trained fusion blocks are not zero: with zero-init the cache would be trivially right."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.fusion.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _conditioning(model, batch) -> Conditioning:
+    sources = model.gen.vae.encode(batch.source)[:, None]
+    return Conditioning(batch.und, sources, batch.has_source[:, None], batch.source_order[:, None])
+
+
+def _model(tiny_recipe, **fusion):
+    from lightbagel.model import build_model
+
+    cfg = replace(tiny_recipe.config, fusion=replace(tiny_recipe.config.fusion, **fusion))
+    model = build_model(cfg).eval()
+    _perturb_fusion(model)
+    return model
+
+
+@pytest.mark.parametrize("writeback", [True, False])
+def test_forward_generation_matches_forward(tiny_recipe, make_batch, writeback):
+    model = _model(tiny_recipe, und_writeback=writeback)
+    batch = make_batch(model)  # mixed: text-to-image and edits with a clean source slot
+    cond = _conditioning(model, batch)
+    noisy = torch.randn(len(batch), 48, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.full((len(batch),), 0.6)
+    with torch.no_grad():
+        ref = model(batch.und, cond.gen(noisy, t)).velocity
+        out, cache = model.forward_with_cache(batch.und, cond.gen(torch.randn_like(noisy), t))
+        cached = model.forward_generation(cond.gen(noisy, t), cache)
+    torch.testing.assert_close(cached, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out.velocity, ref)  # the cache pass itself saw other noise
+
+
+@pytest.mark.parametrize("writeback", [True, False])
+def test_cached_sampling_gives_the_same_image(tiny_recipe, make_batch, writeback):
+    model = _model(tiny_recipe, und_writeback=writeback)
+    batch = make_batch(model)
+    cond = _conditioning(model, batch)
+    base = SamplerConfig(steps=6, shift=3.0, text_guidance=4.0, image_guidance=1.5,
+                         guidance_interval=(0.3, 1.0), renorm="global")
+    seeds = [0, 1, 2, 3]
+    with_cache = sample(model, cond, (len(batch), 48, 8, 8), base, seeds)
+    without = sample(model, cond, (len(batch), 48, 8, 8), replace(base, use_cache=False), seeds)
+    images = [model.gen.vae.decode(x) for x in (with_cache, without)]
+    torch.testing.assert_close(images[0], images[1], rtol=1e-4, atol=1e-4)
+
+
+def test_single_source_slots_match_training_layout(tiny_model, make_batch):
+    batch = make_batch(tiny_model)
+    src = tiny_model.gen.vae.encode(batch.source)
+    noisy, t = torch.randn(len(batch), 48, 8, 8), torch.rand(len(batch))
+    ours = condition_slots(noisy, t, src[:, None], batch.has_source[:, None], batch.source_order[:, None])
+    ref = gen_inputs(noisy, t, src, batch.has_source, batch.source_order)
+    for name in ("latents", "timesteps", "frame_pos", "valid", "order"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name))
+
+
+def test_two_sources_get_consecutive_frames_and_target_after_them():
+    noisy, t = torch.zeros(2, 4, 2, 2), torch.tensor([0.5, 0.5])
+    sources = torch.ones(2, 2, 4, 2, 2)
+    valid = torch.tensor([[True, True], [True, False]])
+    gen = condition_slots(noisy, t, sources, valid, torch.tensor([[3, 7], [3, 0]]))
+    assert gen.latents.shape == (2, 4, 3, 2, 2)
+    assert gen.frame_pos.tolist() == [[0, 1, 2], [0, 1, 1]]
+    assert gen.valid.tolist() == [[True, True, True], [True, False, True]]
+    assert gen.timesteps[:, :2].abs().sum() == 0
+
+
+def test_branches_hide_text_or_images(tiny_model, make_batch):
+    batch = make_batch(tiny_model)
+    cond = _conditioning(tiny_model, batch)
+    no_text = without_text(batch.und)
+    assert not no_text.valid[batch.und.segment == 1].any()
+    assert no_text.valid[batch.und.segment == 2].all()
+    no_img = without_images(cond)
+    assert not no_img.und.valid[batch.und.segment == 2].any()
+    assert no_img.und.valid[batch.und.segment == 1].all()
+    assert not no_img.source_valid.any()
+    both = stack_branches([cond, no_img])
+    assert both.und.input_ids.shape[0] == 2 * len(batch)
+    assert both.und.pixel_values.shape[0] == 2 * batch.und.pixel_values.shape[0]
+
+
+def test_guidance_formula_and_renorm():
+    cond, no_text, no_img = torch.full((1, 1, 1, 1), 2.0), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    cfg = SamplerConfig(text_guidance=3.0, image_guidance=2.0)
+    v = torch.stack([cond, no_text, no_img])
+    text_only = guide(v[:2], cfg, True, False, torch.ones(1))
+    assert float(text_only) == pytest.approx(6.0)  # 0 + 3 * (2 - 0)
+    both = guide(v, cfg, True, True, torch.full((1,), 2.0))
+    assert float(both) == pytest.approx(11.0)  # 1 + 2 * (6 - 1)
+    renormed = guide(v, replace(cfg, renorm="global"), True, True, torch.full((1,), 2.0))
+    assert float(renormed) == pytest.approx(2.0)  # rescaled to the conditional norm
+    no_source = guide(v, cfg, True, True, torch.ones(1))
+    assert float(no_source) == pytest.approx(6.0)  # image scale 1 where there is no source
+
+
+def test_guidance_outside_interval_is_plain_conditional(tiny_recipe, make_batch):
+    model = _model(tiny_recipe, und_writeback=True)
+    batch = make_batch(model)
+    cond = _conditioning(model, batch)
+    shape = (len(batch), 48, 8, 8)
+    plain = sample(model, cond, shape, SamplerConfig(steps=3, text_guidance=1.0, image_guidance=1.0), [5] * 4)
+    # All sampling times are > 0.9 only at the first step; an interval (0, 0.05] never applies.
+    off = sample(model, cond, shape, SamplerConfig(steps=3, guidance_interval=(0.0, 0.05)), [5] * 4)
+    on = sample(model, cond, shape, SamplerConfig(steps=3), [5] * 4)
+    torch.testing.assert_close(off, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(on, plain, atol=1e-3)
+
+
+def test_an_image_depends_on_its_seed_not_its_batch(tiny_recipe, make_batch):
+    model = _model(tiny_recipe, und_writeback=True)
+    batch = make_batch(model, n=2)
+    one = make_batch(model, n=1)
+    cfg = SamplerConfig(steps=3)
+    pair = sample(model, _conditioning(model, batch), (2, 48, 8, 8), cfg, [11, 12])
+    alone = sample(model, _conditioning(model, one), (1, 48, 8, 8), cfg, [11])
+    torch.testing.assert_close(alone[0], pair[0], rtol=1e-4, atol=1e-4)
+    again = sample(model, _conditioning(model, one), (1, 48, 8, 8), cfg, [12])
+    assert not torch.allclose(again, alone)
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(shift=0.0), dict(guidance_interval=(0.5, 0.2)),
+                                 dict(renorm="bogus"), dict(text_guidance=-1.0)])
+def test_bad_sampler_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        SamplerConfig(**bad)

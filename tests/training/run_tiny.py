@@ -1,0 +1,119 @@
+"""A tiny deterministic training run for the multi-process tests (run directly or with torchrun).
+
+Batch k is a fixed function of k (rank r takes its slice of the global batch), randomness is
+keyed per sample (training/randomness.py): any world size and any resume replays the same run.
+Writes `losses.json` (rank-averaged loss per step) and `weights.safetensors` (full trained
+weights) into --out on rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from lightbagel.data.collate import Collator  # noqa: E402
+from lightbagel.recipe import load_recipe  # noqa: E402
+from lightbagel.training.callbacks import validation_samples  # noqa: E402
+from lightbagel.training.checkpointing import AtomicCheckpoint, FastForward, ResumableLoader  # noqa: E402
+from lightbagel.training.module import LightBagelModule  # noqa: E402
+from lightbagel.training.strategy import make_strategy  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
+
+
+class FixedBatches:
+    def __init__(self, collator: Collator, global_batch: int, rank: int, world: int):
+        self.collator, self.global_batch, self.rank, self.local = collator, global_batch, rank, global_batch // world
+
+    def __iter__(self):
+        for k in itertools.count():
+            samples = validation_samples(self.global_batch, 32, seed=1000 + k)
+            yield self.collator(samples[self.rank * self.local:(self.rank + 1) * self.local])
+
+
+class Record(L.Callback):
+    def __init__(self, kill_at: int):
+        self.losses, self.kill_at = [], kill_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"].detach().clone()
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+        self.losses.append(float(loss))
+        if trainer.global_step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, as a preempted node
+
+
+def kill_during_save(step: int) -> None:
+    """SIGKILL after the model/optimizer shards of `step` are written, before meta.pt and the rename."""
+    import lightning.pytorch.strategies.model_parallel as mp
+
+    original = mp._distributed_checkpoint_save
+
+    def save(state, path):
+        original(state, path)
+        if Path(path).name.endswith(f"step-{step:08d}.ckpt"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    mp._distributed_checkpoint_save = save
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--global-batch", type=int, default=4)
+    p.add_argument("--every", type=int, default=2)
+    p.add_argument("--strategy", default="fsdp2")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from")
+    p.add_argument("--kill-at", type=int, default=-1)
+    p.add_argument("--kill-in-save", type=int, default=-1)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    out = Path(args.out)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    overrides = [f"output_dir={out}", f"trainer.strategy={args.strategy}", f"trainer.max_steps={args.steps}",
+                 "optim.warmup_steps=2", "trainer.gradient_clip_val=0.5", *args.overrides]
+    cfg = load_recipe(TINY, overrides).config
+    if args.kill_in_save >= 0:
+        kill_during_save(args.kill_in_save)
+    L.seed_everything(cfg.seed, verbose=False)
+    module = LightBagelModule(cfg)
+    loader = ResumableLoader(FixedBatches(Collator(module.model.und.processor, 32), args.global_batch, rank, world))
+    record = Record(args.kill_at)
+    checkpoint = AtomicCheckpoint(out / "checkpoints", args.every, keep=10)
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=make_strategy(cfg.trainer), precision="32-true",
+                        max_steps=args.steps, gradient_clip_val=cfg.trainer.gradient_clip_val,
+                        callbacks=[record, checkpoint, FastForward()], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=out)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=args.resume, weights_only=True)
+    state = full_state(module)
+    if trainer.is_global_zero:
+        save_file(state, out / "weights.safetensors")
+        (out / "losses.json").write_text(json.dumps(record.losses))
+
+
+def full_state(module) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if torch.distributed.is_initialized():
+        state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = module.model.state_dict()
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone().contiguous() for k, v in state.items() if k in trainable}
+
+
+if __name__ == "__main__":
+    main()
