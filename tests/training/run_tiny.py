@@ -95,7 +95,7 @@ def main() -> None:
     checkpoint = AtomicCheckpoint(out / "checkpoints", args.every, keep=10)
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy=make_strategy(cfg.trainer), precision="32-true",
                         max_steps=args.steps, gradient_clip_val=cfg.trainer.gradient_clip_val,
-                        callbacks=[record, checkpoint, FastForward()], logger=False, enable_progress_bar=False,
+                        callbacks=[record, checkpoint, FastForward(loader)], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=out)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=args.resume, weights_only=True)
     state = full_state(module)

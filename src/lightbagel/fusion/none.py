@@ -18,7 +18,9 @@ class NoFusionBlock(nn.Module):
     """Passes both streams through untouched."""
 
     def und_keys_values(self, h_und, rope_und):
-        return None  # nothing to cache: no generation token ever reads the understanding side
+        # Nothing to cache (no generation token reads the understanding side): empty per-row K/V.
+        empty = h_und.new_empty(h_und.shape[0], 0)
+        return empty, empty
 
     def forward(self, h_und, h_gen, mask, rope_und, rope_gen, und_kv=None):
         return h_und, h_gen

@@ -62,7 +62,8 @@ def vit_geometry(model: LightBagel) -> tuple[int, int]:
     vit = vision_tower(model)
     if vit is None:
         raise ValueError("lightbagel-plan needs a VLM with a ViT (model.und.model.model.visual)")
-    return vit.patch_size, vit.spatial_merge_size
+    # From the vision config: Qwen2-VL's ViT module, unlike Qwen2.5-VL's, keeps no copies of these.
+    return vit.config.patch_size, vit.config.spatial_merge_size
 
 
 def make_workload(model: LightBagel, seq_len: int, image_size: int, vit_size: int, text_tokens: int,
@@ -95,7 +96,7 @@ def sample_inputs(model: LightBagel, shape: SampleShape, image_size: int, device
         side = int(round(shape.vit_patches ** 0.5))
         grid = torch.tensor([[1, side, side]])
         vit = vision_tower(model)
-        channels = vit.patch_embed.in_channels * vit.patch_embed.temporal_patch_size * vit.patch_size**2
+        channels = vit.patch_embed.in_channels * vit.patch_embed.temporal_patch_size * vit.config.patch_size**2
         pixels = torch.empty(shape.vit_patches, channels, device=device, dtype=dtype)
     length = len(ids)
     und = UndInputs(

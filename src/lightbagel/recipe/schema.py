@@ -219,6 +219,9 @@ class TrainerConfig:
     sample_every_n_steps: int = 100
     num_sample_images: int = 8
     sample_steps: int = 20
+    # Synthetic-world eval (evaluation/callback.py) every N steps and at the end; 0 turns it off.
+    eval_every_n_steps: int = 0
+    eval_per_category: int = 4
     gradient_clip_val: Optional[float] = 1.0
     accumulate_grad_batches: int = 1
     activation_checkpointing: bool = False

@@ -91,8 +91,8 @@ class AtomicCheckpoint(L.Callback):
 class ResumableLoader:
     """Wraps a deterministic iterable of batches; a resumed run skips the batches already trained.
 
-    `FastForward` sets `skip` from the restored step before the first batch is drawn, so batch k
-    of a resumed run is batch k of an uninterrupted one.
+    `FastForward` sets `skip` from the checkpoint before the first batch is drawn, so batch k of
+    a resumed run is batch k of an uninterrupted one.
     """
 
     def __init__(self, batches: Iterable):
@@ -106,10 +106,23 @@ class ResumableLoader:
 
 
 class FastForward(L.Callback):
-    def on_train_start(self, trainer, pl_module) -> None:
-        loader = trainer.train_dataloader
-        loaders = loader if isinstance(loader, (list, tuple)) else [loader]
-        done = trainer.global_step * trainer.accumulate_grad_batches
-        for item in loaders:
-            if isinstance(item, ResumableLoader):
-                item.skip = done
+    """Saves how many batches were trained; on resume, makes `loader` skip them.
+
+    Callback states load before the fit loop draws its first (prefetched) batch, and the count
+    comes from the optimizer step, not from batches drawn, which run ahead by the prefetch.
+    """
+
+    def __init__(self, loader: ResumableLoader):
+        self.loader = loader
+        self._trainer: Optional[L.Trainer] = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict:
+        if self._trainer is None:
+            return {}
+        return {"batches": self._trainer.global_step * self._trainer.accumulate_grad_batches}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.loader.skip = state_dict.get("batches", 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 
 from lightbagel.data.collate import Collator
@@ -16,8 +16,11 @@ from lightbagel.data.datamodule import ShapesDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
-from lightbagel.training.export import export_model
+from lightbagel.training.checkpoint_export import export_trained
+from lightbagel.training.checkpointing import AtomicCheckpoint, latest_checkpoint
 from lightbagel.training.module import LightBagelModule
+from lightbagel.training.nan_guard import NonFiniteGuard
+from lightbagel.training.strategy import is_sharded, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ class LossHistory(L.Callback):
         self.losses: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
+        if outputs is not None:  # None: a non-finite step the module skipped
+            self.losses.append(float(outputs["loss"]))
 
 
 def token_counter(model):
@@ -87,21 +91,28 @@ def fit(recipe: Recipe) -> FitResult:
         DataMonitor(data, tr.log_every_n_steps),
         ThroughputMonitor(batch_size_fn=len, length_fn=token_counter(module.model),
                           window_size=max(2, tr.log_every_n_steps)),
-        ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, every_n_train_steps=max(1, tr.max_steps // 4),
-                        save_top_k=0),
+        checkpoint := AtomicCheckpoint(out / "checkpoints", tr.checkpoint_every_n_steps or max(1, tr.max_steps // 4),
+                                       tr.keep_checkpoints),
+        NonFiniteGuard(checkpoint, tr.max_nonfinite_steps),
     ]
+    if is_sharded(tr):  # sampling a sharded model needs every rank in step: not done during training
+        callbacks = [c for c in callbacks if not isinstance(c, SampleGrid)]
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if tr.eval_every_n_steps > 0:
+        from lightbagel.evaluation.callback import SyntheticEval
+
+        callbacks.append(SyntheticEval(tr.eval_every_n_steps, tr.eval_per_category, tr.sample_steps, out / "eval"))
     trainer = L.Trainer(
-        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy,
+        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
         precision=tr.precision, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
         gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
         enable_progress_bar=tr.enable_progress_bar, logger=logger if logger is not None else False,
-        callbacks=callbacks, default_root_dir=out, enable_model_summary=True,
+        callbacks=callbacks, default_root_dir=out, enable_model_summary=True, enable_checkpointing=False,
     )
-    last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=True)
-    export = export_model(module.model, cfg, recipe.to_yaml(), out / "export")
+    last = latest_checkpoint(out / "checkpoints")  # the newest complete one: resume after a crash
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
+    export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
     if logger is not None:
         logger.experiment.log_artifact(logger.run_id, str(export))
     return FitResult(out, export, getattr(logger, "run_id", None), getattr(logger, "_tracking_uri", None),

@@ -48,6 +48,15 @@ def wan_units(gen) -> BlockUnits:
     return BlockUnits(gen, gen.dit.blocks, called=False)
 
 
+BLOCK_UNITS.register("qwen2_vl")(qwen_units)  # Qwen2-VL keeps its layers where Qwen2.5-VL does
+
+
+@BLOCK_UNITS.register("sd3")
+def sd3_units(gen) -> BlockUnits:
+    # Like Wan, the SD3 adapter runs a block's image-stream sub-layers itself (no text stream).
+    return BlockUnits(gen, gen.dit.transformer_blocks, called=False)
+
+
 @dataclass
 class ShardPlan:
     """What `parallelize` applies; built from the trainer section of a recipe."""

@@ -104,7 +104,7 @@ class Qwen25VLAdapter(UnderstandingAdapter):
         hidden = embed_tokens(ids)
         if und.pixel_values is not None:
             grid = und.image_grid_thw
-            host = _host_vision_kwargs(vlm.visual, grid, device) if grid.device != device else {}
+            host = self.host_vision_kwargs(grid, device) if grid.device != device else {}
             feats = vlm.get_image_features(und.pixel_values.to(device), grid, return_dict=True, **host)
             feats = torch.cat(feats.pooler_output).to(hidden.dtype)
             slots = (ids == vlm.config.image_token_id).unsqueeze(-1)
@@ -115,6 +115,10 @@ class Qwen25VLAdapter(UnderstandingAdapter):
         else:
             positions = (und.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return hidden, self._lm.rotary_emb(hidden, positions.to(device))
+
+    def host_vision_kwargs(self, grid: torch.Tensor, device: torch.device) -> dict:
+        """The ViT's index tensors precomputed from a host-side grid (a family hook: Qwen2-VL differs)."""
+        return _host_vision_kwargs(self.model.model.visual, grid, device)
 
     def block(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
         return self._lm.layers[index](hidden, attention_mask=mask, position_embeddings=rope)

@@ -7,7 +7,9 @@ attention), so the processor and adapter are reused and only the model classes c
 
 from __future__ import annotations
 
+import torch
 from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 from lightbagel.backbones.cards import check_card_config, reads_checkpoint
 from lightbagel.backbones.understanding.qwen2_5_vl import (
@@ -22,7 +24,13 @@ from lightbagel.registry import UNDERSTANDING
 
 
 class Qwen2VLAdapter(Qwen25VLAdapter):
-    """Qwen2-VL seen block by block; every method is inherited from the Qwen2.5-VL adapter."""
+    """Qwen2-VL seen block by block; all but the ViT's index tensors is the Qwen2.5-VL adapter."""
+
+    def host_vision_kwargs(self, grid: torch.Tensor, device: torch.device) -> dict:
+        # No window attention in the Qwen2-VL ViT: positions and per-image lengths only.
+        visual = self.model.model.visual
+        return {"position_ids": get_vision_position_ids(grid, visual.spatial_merge_size).to(device),
+                "cu_seqlens": get_vision_cu_seqlens(grid)}
 
 
 def _from_config(cfg: UnderstandingConfig, tokenizer) -> Qwen2VLForConditionalGeneration:

@@ -1,0 +1,86 @@
+"""`lightbagel-data`: turn your own images into shards, and inspect a recipe's data mixture.
+
+    lightbagel-data images FOLDER OUT          # IMAGE + IMAGE.txt caption pairs -> t2i shards
+    lightbagel-data edits EDITS.jsonl OUT      # {"source", "instruction", "target"} lines -> edit shards
+    lightbagel-data inspect RECIPE [KEY=VALUE ...] [--grid grid.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lightbagel.recipe import RecipeError, load_recipe
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lightbagel-data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    images = sub.add_parser("images", help="a folder of images with IMAGE.txt captions -> t2i shards")
+    images.add_argument("folder", type=Path)
+    images.add_argument("out", type=Path)
+    edits = sub.add_parser("edits", help="a JSONL of edit triples -> edit shards")
+    edits.add_argument("jsonl", type=Path)
+    edits.add_argument("out", type=Path)
+    for p in (images, edits):
+        p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
+        p.add_argument("--prefix", default=None, help="shard name prefix (default: t2i or edit)")
+    inspect = sub.add_parser("inspect", help="counts per source, a sample grid, token lengths")
+    inspect.add_argument("recipe", type=Path)
+    inspect.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides")
+    inspect.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
+    inspect.add_argument("--vae-multiple", type=int, default=None,
+                         help="pixels per VAE token side (default: the card's, else 32 as for Wan2.2)")
+    return parser.parse_args(argv)
+
+
+def convert(args) -> int:
+    from lightbagel.data.convert import edit_samples, image_caption_samples, materialise, write_shards
+
+    if args.command == "images":
+        samples, uncaptioned = image_caption_samples(args.folder)
+        if uncaptioned:
+            print(f"lightbagel-data: left out {uncaptioned} image(s) without a .txt caption", file=sys.stderr)
+    else:
+        samples = edit_samples(args.jsonl)
+    prefix = args.prefix or ("t2i" if args.command == "images" else "edit")
+    shards = write_shards(materialise(samples), args.out, prefix, args.per_shard, len(samples))
+    print(f"wrote {len(samples)} samples in {len(shards)} shards: {args.out}/{prefix}-*.tar")
+    return 0
+
+
+def inspect(args) -> int:
+    from lightbagel.data.convert import histogram, inspect_mixture, sample_grid
+    from lightbagel.data.datamodule import MixtureDataModule
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    cfg = recipe.config.data
+    dm = MixtureDataModule(cfg, processor=None)  # no model is built to read shards
+    sources = dm._resolve_sources()
+    multiple = cfg.resolution.vae_multiple or args.vae_multiple or 32
+    report = inspect_mixture(cfg, {s.name: list(s.urls) for s in sources}, multiple)
+    for source in sources:
+        entry = report["sources"][source.name]
+        print(f"{source.name}: weight {source.weight:g}, {len(source.urls)} shards, "
+              f"samples {entry['tasks']}, skipped {entry['skipped'] or 'none'}")
+    for stage in cfg.stages:
+        print(f"stage from step {stage.start_step}: weights {dict(stage.weights)}")
+    print(f"tokens per sample (VAE multiple {multiple}):\n{histogram(report['tokens'])}")
+    if args.grid is not None and report["examples"]:
+        sample_grid(report["examples"]).save(args.grid)
+        print(f"sample grid: {args.grid}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return convert(args) if args.command in ("images", "edits") else inspect(args)
+    except (RecipeError, ValueError, OSError) as exn:
+        print(f"lightbagel-data: {exn}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""`lightbagel-eval`: score a trained model like the paper does, on what the user points at.
+
+Without benchmark arguments it runs the synthetic shapes world (exact scores). Results go to
+`<out>/report.md` (markdown tables), `<out>/metrics.json` and an MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "outputs/tiny/export"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lightbagel-eval", description="Evaluate a lightbagel-fit export.",
+                                epilog="example: lightbagel-eval outputs/tiny/export --synthetic")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"export dir (default: {DEFAULT_MODEL})")
+    p.add_argument("--out", default=None, help="results dir (default: <model>/../eval)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    p.add_argument("--synthetic", action="store_true", help="the shapes world (default when nothing else is asked)")
+    p.add_argument("--per-category", type=int, default=32, help="synthetic prompts per category")
+    p.add_argument("--geneval", type=Path, help="GenEval evaluation_metadata.jsonl")
+    p.add_argument("--dpg", type=Path, help="DPG-Bench prompts/ directory of <id>.txt")
+    p.add_argument("--gedit", type=Path, help="GEdit-Bench rows (.jsonl/.json/.parquet)")
+    p.add_argument("--gedit-language", default=None, help="only rows of this instruction_language (en, cn)")
+    p.add_argument("--imgedit", type=Path, help="ImgEdit basic_edit.json")
+    p.add_argument("--imgedit-images", type=Path, help="ImgEdit image root (Benchmark/singleturn)")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt for GenEval and DPG-Bench")
+    p.add_argument("--size", type=int, default=None, help="image side for public benchmarks (default: recipe's)")
+    p.add_argument("--fid-feature", help="package.module:factory returning an nn.Module image -> features")
+    p.add_argument("--clip-model", type=Path, help="local CLIP dir (CLIPModel + CLIPProcessor) for CLIP score")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--shift", type=float, default=None, help="default: the training shift")
+    p.add_argument("--cfg-text", type=float, default=4.0)
+    p.add_argument("--cfg-image", type=float, default=1.5)
+    p.add_argument("--cfg-interval", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"))
+    p.add_argument("--renorm", choices=("global", "channel"), default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite under --out; 'none' skips)")
+    return p.parse_args(argv)
+
+
+def _config(pipe, args):
+    overrides = dict(steps=args.steps, text_guidance=args.cfg_text, image_guidance=args.cfg_image,
+                     guidance_interval=tuple(args.cfg_interval), renorm=args.renorm, use_cache=not args.no_cache)
+    if args.shift is not None:
+        overrides["shift"] = args.shift
+    return pipe.default_config(**overrides)
+
+
+def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
+    from lightbagel.data import shapes
+    from lightbagel.evaluation.synthetic import EDIT, evaluate_synthetic
+
+    report = evaluate_synthetic(pipe, args.per_category, seed=args.seed, config=cfg, batch_size=args.batch_size,
+                                image_seed=args.seed)
+    report.save_images(out / "synthetic")
+    metrics = report.metrics("synthetic/")
+    sections = ["## Synthetic shapes world (exact scores)", report.to_markdown()]
+    t2i = [(it, im) for it, im in report.images if it.category != EDIT]
+    if args.fid_feature:
+        from lightbagel.evaluation.metrics import fid, load_feature_model
+
+        real = [shapes.render(it.scene, pipe.image_size) for it, _ in t2i]
+        metrics["synthetic/fid"] = fid(real, [im for _, im in t2i], load_feature_model(args.fid_feature))
+    if args.clip_model:
+        from lightbagel.evaluation.metrics import clip_score
+
+        metrics["synthetic/clip_score"] = clip_score([im for _, im in t2i], [it.prompt for it, _ in t2i],
+                                                     args.clip_model)
+    return metrics, sections
+
+
+def run_public(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
+    from lightbagel.evaluation import public
+
+    planned = []
+    if args.geneval:
+        planned.append(("geneval", public.geneval_jobs(args.geneval, out / "geneval", args.samples)))
+    if args.dpg:
+        planned.append(("dpg_bench", public.dpg_jobs(args.dpg, out / "dpg_bench", args.samples)))
+    if args.gedit:
+        planned.append(("gedit_bench", public.gedit_jobs(args.gedit, out / "gedit_bench", args.gedit_language)))
+    if args.imgedit:
+        if not args.imgedit_images:
+            raise ValueError("--imgedit needs --imgedit-images ROOT (the folder basic_edit.json ids are under)")
+        planned.append(("imgedit", public.imgedit_jobs(args.imgedit, args.imgedit_images, out / "imgedit")))
+    metrics, lines = {}, []
+    for name, jobs in planned:
+        n = public.run_jobs(pipe, jobs, cfg, args.batch_size, args.seed, desc=name, size=args.size)
+        metrics[f"{name}/images"] = float(n)
+        lines.append(f"| {name} | {len(jobs)} | {n} | {out / name} |")
+    if not lines:
+        return metrics, []
+    table = ["| benchmark | prompts | images | written to (score with the official scorer) |", "|---|---:|---:|---|"]
+    return metrics, ["## Public benchmarks (generation only)", "\n".join(table + lines)]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from lightbagel.inference import LightBagelPipeline
+
+        pipe = LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        cfg = _config(pipe, args)
+        out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        public_asked = any((args.geneval, args.dpg, args.gedit, args.imgedit))
+        metrics, sections = {}, []
+        if args.synthetic or not public_asked:
+            m, s = run_synthetic(pipe, args, cfg, out)
+            metrics.update(m), sections.extend(s)
+        m, s = run_public(pipe, args, cfg, out)
+        metrics.update(m), sections.extend(s)
+    except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as err:
+        print(f"lightbagel-eval: {err}", file=sys.stderr)
+        return 2
+    _write(out, args, cfg, metrics, sections)
+    return 0
+
+
+def _write(out: Path, args, cfg, metrics: dict, sections: list[str]) -> None:
+    from lightbagel.evaluation.report import log_to_mlflow, metrics_table
+
+    settings = f"model `{args.model}`; sampler: {json.dumps(cfg.to_dict())}"
+    text = "\n\n".join([f"# lightbagel-eval\n\n{settings}", *sections, "## All metrics", metrics_table(metrics)])
+    (out / "report.md").write_text(text + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(text)
+    if args.mlflow_uri != "none":
+        uri = args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        params = {"model": args.model, **{f"sampler.{k}": v for k, v in cfg.to_dict().items()}}
+        run_id = log_to_mlflow(metrics, params, uri, artifacts=(out / "report.md", out / "metrics.json"))
+        print(f"\nmlflow: run {run_id} in {uri}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

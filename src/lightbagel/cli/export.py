@@ -1,0 +1,45 @@
+"""`lightbagel-export CKPT OUT_DIR`: a training checkpoint (sharded over any number of ranks, or a
+single file) -> `OUT_DIR/model.safetensors` + `recipe.yaml`, `OUT_DIR/ema/` with EMA, and
+`OUT_DIR/adapter/` (peft) with merged weights for LoRA runs. Runs on one CPU process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lightbagel-export", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint (outputs/NAME/checkpoints/step-*.ckpt) or its directory")
+    parser.add_argument("out_dir", help="where model.safetensors and recipe.yaml go")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    from lightbagel.training.checkpointing import latest_checkpoint
+
+    if ckpt.is_dir() and not (ckpt / "meta.pt").is_file():  # a checkpoints/ directory: its newest
+        newest = latest_checkpoint(ckpt)
+        if newest is None:
+            print(f"lightbagel-export: no step-*.ckpt checkpoint in {ckpt}", file=sys.stderr)
+            return 2
+        ckpt = newest
+    if not ckpt.exists():
+        print(f"lightbagel-export: {ckpt} not found; pass outputs/NAME/checkpoints/step-*.ckpt", file=sys.stderr)
+        return 2
+    from lightbagel.training.checkpoint_export import export_checkpoint
+
+    try:
+        path = export_checkpoint(ckpt, Path(args.out_dir))
+    except (FileNotFoundError, KeyError) as err:
+        print(f"lightbagel-export: {err}", file=sys.stderr)
+        return 2
+    print(f"model: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

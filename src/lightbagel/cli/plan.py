@@ -1,0 +1,51 @@
+"""`lightbagel-plan RECIPE [--gpus N --nodes M --seq-len L]`: size a recipe's model with no
+download and no GPU (the model is built on the meta device from its cards' shipped configs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lightbagel.recipe import RecipeError, load_recipe
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lightbagel-plan",
+        description="Parameters per part, FLOPs per packed sequence and per-GPU memory under FSDP2.",
+        epilog="example: lightbagel-plan recipes/lightbagel_7b_5b.yaml --gpus 8 --nodes 4 --seq-len 16384",
+    )
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: trainer.devices)")
+    parser.add_argument("--nodes", type=int, default=None, help="nodes (default: trainer.num_nodes)")
+    parser.add_argument("--seq-len", type=int, default=16384, help="tokens per packed sequence (default 16384)")
+    parser.add_argument("--text-tokens", type=int, default=128, help="text tokens per sample (default 128)")
+    parser.add_argument("--edit-fraction", type=float, default=None,
+                        help="share of edit samples (default: data.task_weights)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        print(f"lightbagel-plan: {err}", file=sys.stderr)
+        return 2
+    cfg = recipe.config
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    from lightbagel.planning import format_plan, make_plan  # heavy imports only once the recipe is valid
+
+    try:
+        plan = make_plan(cfg, args.gpus or devices, args.nodes or cfg.trainer.num_nodes, args.seq_len,
+                         args.text_tokens, args.edit_fraction)
+    except ValueError as err:
+        print(f"lightbagel-plan: {err}", file=sys.stderr)
+        return 2
+    print(format_plan(plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""`make_plan`: a recipe's model built on the meta device, counted, costed and sized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from lightbagel.model import LightBagel, build_skeleton
+from lightbagel.planning.activations import ActivationBytes, measure_sample
+from lightbagel.planning.flops import PartFlops, sequence_flops
+from lightbagel.planning.memory import MemoryPlan, plan_memory
+from lightbagel.planning.parts import Part, model_parts
+from lightbagel.planning.workload import Workload, make_workload
+from lightbagel.recipe.schema import RecipeConfig
+
+_COMPUTE_DTYPE = {"bf16-true": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16,
+                  "32-true": torch.float32}
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    parts: list[Part]
+    workload: Workload
+    flops: list[PartFlops]
+    activations: dict[str, ActivationBytes]
+    memory: MemoryPlan
+    nodes: int
+    gpus: int
+
+
+def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_tokens: int = 128,
+              edit_fraction: Optional[float] = None, progress: bool = True) -> Plan:
+    if min(gpus, nodes, seq_len, text_tokens) < 1:
+        raise ValueError("--gpus, --nodes, --seq-len and --text-tokens must be >= 1")
+    if edit_fraction is None:
+        weights = recipe.data.task_weights
+        edit_fraction = weights.get("edit", 0.0) / max(sum(weights.values()), 1e-12)
+    if not 0.0 <= edit_fraction <= 1.0:
+        raise ValueError(f"--edit-fraction must be in [0, 1], got {edit_fraction}")
+    precision = recipe.trainer.precision
+    steps = tqdm(total=4, desc="planning", disable=not progress, leave=False)
+    model: LightBagel = build_skeleton(recipe).to(_COMPUTE_DTYPE.get(precision, torch.float32))
+    steps.update()
+    workload = make_workload(model, seq_len, recipe.data.image_size, recipe.data.vit_image_size, text_tokens,
+                             edit_fraction)
+    activations = {}
+    for kind in ("t2i", "edit"):
+        activations[kind] = measure_sample(model, getattr(workload, kind), workload.image_size,
+                                           next(model.parameters()).dtype)
+        steps.update()
+    parts = model_parts(model)
+    flops = sequence_flops(model, workload)
+    steps.update()
+    steps.close()
+    memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
+    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus)

@@ -1,0 +1,79 @@
+"""The synthetic eval: fixed prompt sets, exact per-category checks, the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from PIL import Image
+
+from lightbagel.data import shapes
+from lightbagel.evaluation.synthetic import CATEGORIES, EDIT, evaluate_synthetic, passed, synthetic_items
+
+
+def test_items_are_fixed_and_cover_every_category():
+    a, b = synthetic_items(3, seed=7), synthetic_items(3, seed=7)
+    assert [i.prompt for i in a] == [i.prompt for i in b]
+    assert [i.category for i in a].count(EDIT) == 3
+    assert {i.category for i in a} == {*CATEGORIES, EDIT}
+    counting = [i for i in a if i.category == "counting"]
+    assert all(i.prompt.startswith("two ") for i in counting)
+    with pytest.raises(ValueError, match="per_category"):
+        synthetic_items(0)
+
+
+def test_ground_truth_passes_and_a_blank_image_fails():
+    blank = Image.new("RGB", (32, 32), shapes.BACKGROUND)
+    for item in synthetic_items(5, seed=1):
+        assert passed(item, shapes.render(item.scene, 32)), item.prompt
+        assert not passed(item, blank), item.prompt
+
+
+def test_a_swapped_colour_fails_attribution_but_not_counting():
+    item = next(i for i in synthetic_items(5) if i.category == "color_attr")
+    a, b = item.scene.objects
+    swapped = shapes.Scene([shapes.ShapeObject(a.shape, b.color, a.x, a.y, a.size),
+                            shapes.ShapeObject(b.shape, a.color, b.x, b.y, b.size)])
+    image = shapes.render(swapped, 32)
+    assert not passed(item, image)
+    assert passed(type(item)("two_objects", item.prompt, item.scene), image)  # shapes and count still right
+
+
+@dataclass
+class _Out:
+    images: list
+
+
+class _Oracle:
+    """Draws exactly what each prompt asks for (or nothing): the scores must be 1 (or 0)."""
+
+    image_size = 32
+
+    def __init__(self, items, blank: bool = False):
+        self.scenes = {i.prompt: i.scene for i in items}
+        self.blank = blank
+
+    def __call__(self, prompts, images=None, config=None, seed=0):
+        if self.blank:
+            return _Out([Image.new("RGB", (32, 32), shapes.BACKGROUND) for _ in prompts])
+        return _Out([shapes.render(self.scenes[p], 32) for p in prompts])
+
+
+def test_report_of_a_perfect_and_an_empty_generator():
+    items = synthetic_items(2)
+    good = evaluate_synthetic(_Oracle(items), per_category=2, batch_size=5, progress=False)
+    assert good.overall == 1.0 and good.accuracy[EDIT] == 1.0
+    bad = evaluate_synthetic(_Oracle(items, blank=True), per_category=2, progress=False)
+    assert bad.overall == 0.0
+    table = good.to_markdown()
+    assert "| counting | 1.000 | 2 |" in table and "| overall | 1.000 | 12 |" in table
+    assert set(good.metrics("val/")) == {f"val/{c}" for c in [*CATEGORIES, EDIT, "overall"]}
+
+
+def test_with_the_tiny_model_every_image_is_scored(tiny_pipe, tmp_path):
+    from lightbagel.inference import SamplerConfig
+
+    report = evaluate_synthetic(tiny_pipe, per_category=1, config=SamplerConfig(steps=1, shift=1.0), progress=False)
+    assert sum(report.counts.values()) == 7 and all(0.0 <= v <= 1.0 for v in report.accuracy.values())
+    report.save_images(tmp_path)
+    assert (tmp_path / "edit" / "0000.png").is_file() and (tmp_path / "edit" / "0000.txt").is_file()

@@ -1,0 +1,78 @@
+"""`lightbagel-plan`: FLOP formula against counted FLOPs, measured activations, FSDP sharding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightbagel.cli.plan import main as plan_main
+from lightbagel.model import build_model, build_skeleton
+from lightbagel.planning import make_plan
+from lightbagel.planning.activations import measure_sample
+from lightbagel.planning.flops import _weights
+from lightbagel.planning.parts import model_parts
+from lightbagel.planning.workload import make_workload, sample_inputs
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def tiny_cpu_model(tiny_recipe):
+    return build_model(tiny_recipe.config).eval()
+
+
+@pytest.mark.parametrize("kind", ["t2i", "edit"])
+def test_weight_flops_match_the_counted_matmuls(tiny_cpu_model, kind):
+    """2 x active weights x tokens per part equals what the real forward multiplies (the tiny
+    model's norms and biases, counted as weights, make up the few percent)."""
+    model = tiny_cpu_model
+    workload = make_workload(model, 512, 32, 32, text_tokens=7, edit_fraction=0.5)
+    shape = getattr(workload, kind)
+    und, gen = sample_inputs(model, shape, 32, device="cpu", dtype=torch.float32)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(und, gen)
+    estimate = sum(_weights(shape, model, {p.name: p for p in model_parts(model)}).values())
+    assert estimate == pytest.approx(counter.get_total_flops(), rel=0.05)
+
+
+def test_activations_are_measured_per_token_and_checkpointing_cuts_them(tiny_recipe):
+    model = build_skeleton(tiny_recipe.config)
+    workload = make_workload(model, 512, 32, 32, text_tokens=7, edit_fraction=0.5)
+    small = measure_sample(model, workload.t2i, 32, torch.float32)
+    longer = measure_sample(model, type(workload.t2i)("t2i", 14, 0, 0, 1, workload.t2i.gen_per_slot), 32, torch.float32)
+    assert "block" not in vars(model.gen)  # the measuring wrapper is gone again
+    assert 0 < small.checkpointed < small.total < longer.total
+    assert small.boundary == (7 * model.und.hidden_size + 16 * model.gen.hidden_size) * 4
+
+
+def test_states_shard_over_every_gpu_and_activations_do_not(tiny_recipe):
+    one = make_plan(tiny_recipe.config, gpus=1, nodes=1, seq_len=512, progress=False)
+    many = make_plan(tiny_recipe.config, gpus=4, nodes=2, seq_len=512, progress=False)
+    total = sum(p.total for p in one.parts)
+    trainable = sum(p.trainable for p in one.parts)
+    assert one.memory.weights == total * 4  # 32-true: fp32 weights
+    assert one.memory.optimizer == trainable * 8  # two fp32 AdamW moments
+    assert many.memory.weights == pytest.approx(one.memory.weights / 8)
+    assert many.memory.activations == one.memory.activations
+    assert one.flops and all(r.with_checkpointing >= r.model for r in one.flops)
+
+
+def test_plan_cli_full_size(capsys):
+    assert plan_main([str(RECIPES / "lightbagel_7b_5b.yaml"), "--gpus", "8", "--nodes", "4"]) == 0
+    out = capsys.readouterr().out
+    params = out.split("\n\n")[1]  # the first table: parameters per part
+    rows = {line.split()[0]: line.split() for line in params.splitlines()}
+    assert rows["fusion"][1] == "2,863,672,320"  # the paper's "+3B"
+    assert rows["DiT"][1] == "4,999,787,712"
+    assert rows["VLM"][2] == "7,615,616,512" and rows["ViT"][1] == "676,550,144"  # 8.29 B together
+    assert "FSDP2 over 32 GPUs (4 x 8)" in out
+
+
+def test_plan_cli_rejects_bad_input(capsys):
+    assert plan_main([str(RECIPES / "tiny.yaml"), "--seq-len", "0"]) == 2
+    assert "--seq-len" in capsys.readouterr().err
+    assert plan_main([str(RECIPES / "no_such_recipe.yaml")]) == 2
+    assert "recipe not found" in capsys.readouterr().err
