@@ -1,0 +1,66 @@
+import itertools
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from mixture_helpers import make_plan, png
+
+from lightbagel.data.pipeline import MixtureDataset, SlotWorker
+from lightbagel.recipe.schema import ResolutionConfig
+
+GOOD = [f"good{i:03d}" for i in range(12)]
+
+
+def _write(path: Path, samples: list[dict]) -> str:
+    with wds.TarWriter(str(path), mtime=0) as writer:
+        for s in samples:
+            writer.write(s)
+    return str(path)
+
+
+def t2i(key: str, image: bytes | None = None) -> dict:
+    return {"__key__": key, "target.png": image if image is not None else png((16, 16)), "caption.txt": "a square"}
+
+
+@pytest.fixture(scope="module")
+def corrupt_source(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("corrupt")
+    good = _write(root / "good.tar", [t2i(k) for k in GOOD])
+    bad = _write(root / "bad.tar", [
+        t2i("decode000", b"\x89PNG not really a png"),
+        {"__key__": "missing000", "target.png": png((16, 16))},  # no caption
+        t2i("oversize000", png((200, 200))),
+        {**t2i("badtask000"), "task.txt": "vqa"},
+        {"__key__": "und000", "task.txt": "und", "image.png": png((16, 16)),
+         "conversation.json": '[{"role": "user", "content": "<image> what is it"}]'},
+    ])
+    whole = Path(_write(root / "cut-src.tar", [t2i(f"cut{i:03d}") for i in range(6)])).read_bytes()
+    truncated = root / "truncated.tar"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    return [good, bad, str(truncated), str(root / "absent.tar")]
+
+
+def test_each_kind_of_bad_input_is_skipped_and_counted(corrupt_source):
+    res = ResolutionConfig(vae_min_short=16, vae_max_long=32, vit_min_short=16, vit_max_long=16,
+                           vit_multiple=8, max_image_pixels=10_000)
+    plan = make_plan({"s": (corrupt_source, 1.0)}, batch_size=4, block_size=64, resolution=res)
+    keys, state = [], None
+    for batch in itertools.islice(iter(MixtureDataset(plan)), 12):  # 48 samples: two epochs and more
+        keys += batch.data_state["keys"]
+        state = batch.data_state
+    assert set(GOOD) <= set(keys)
+    assert {k[:3] for k in keys} <= {"goo", "cut"}  # only good or intact-before-the-cut samples
+    counts = state["skipped"]["s"]
+    for reason in ("unreadable_shard", "truncated_shard", "decode", "missing_key", "oversize", "bad_task",
+                   "unsupported_task"):
+        assert counts.get(reason, 0) >= 1, (reason, counts)
+    # Shards are counted when read, samples when drawn (shard order changes per pass): at most
+    # once per pass each, give or take the pass under way.
+    passes = counts["unreadable_shard"]
+    assert all(counts[r] <= passes + 1 for r in ("decode", "missing_key", "oversize", "bad_task", "truncated_shard")), counts
+
+
+def test_a_source_with_no_readable_sample_is_a_clear_error(tmp_path):
+    plan = make_plan({"empty": ([str(tmp_path / "absent.tar")], 1.0)})
+    with pytest.raises(RuntimeError, match="data source 'empty': no readable samples"):
+        SlotWorker(plan, 0, 1).next_batch(0)
