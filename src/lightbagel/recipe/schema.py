@@ -37,7 +37,7 @@ class UnderstandingConfig:
     pretrained: Optional[str] = None
     revision: Optional[str] = None
     # Backbone config kwargs (transformers config) used when `pretrained` is None,
-    # or applied as overrides on top of the pretrained config.
+    # or checked against the checkpoint's config when weights are loaded (a mismatch is an error).
     config: Dict[str, Any] = field(default_factory=dict)
     # False builds the architecture from `config` without reading any weights or tokenizer
     # (random init, or no memory at all on the meta device): `lightbagel-plan`, shape tests.
