@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 from lightbagel.cli.fit import main
+from lightbagel.data.collate import Collator
 from lightbagel.recipe import load_recipe
+from lightbagel.training.callbacks import render_samples, validation_samples
 from lightbagel.training.export import load_exported
 from lightbagel.training.fit import fit
 
@@ -23,7 +27,7 @@ def _short_run(tmp_path, *extra):
     return load_recipe(TINY, overrides)
 
 
-def test_fit_logs_to_mlflow_and_exports_a_model_that_loads_back(tmp_path, make_batch):
+def test_fit_logs_to_mlflow_and_exports_a_model_that_loads_back(tmp_path):
     recipe = _short_run(tmp_path)
     result = fit(recipe)
     out = tmp_path / "out"
@@ -39,31 +43,16 @@ def test_fit_logs_to_mlflow_and_exports_a_model_that_loads_back(tmp_path, make_b
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"recipe.yaml", "samples", "model.safetensors"} <= artifacts
 
-    trained = load_exported(out / "export")
-    from lightbagel.model import build_model
-
-    fresh = build_model(recipe.config)
-    batch = make_batch(trained)
-    latents = torch.randn(len(batch), 48, 8, 8)
-    from lightbagel.inputs import gen_inputs
-
-    gen = gen_inputs(latents, torch.full((len(batch),), 0.5))
-    state = torch.load(next((out / "checkpoints").glob("last*.ckpt")), weights_only=True)["state_dict"]
-    fresh.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    with torch.no_grad():
-        torch.testing.assert_close(trained.eval()(batch.und, gen).velocity, fresh.eval()(batch.und, gen).velocity,
-                                   rtol=0, atol=0)
+    # The exported model reproduces the final sample grid bit for bit (same prompts, same seed).
+    trained = load_exported(out / "export").eval()
+    tr = recipe.config.trainer
+    collator = Collator(trained.und.processor, recipe.config.data.vit_image_size)
+    grid = render_samples(trained, collator, validation_samples(tr.num_sample_images, 32), tr.sample_steps,
+                          recipe.config.objective.timestep_shift, guidance=2.0)
+    saved = np.asarray(Image.open(out / "samples" / "step_000012.png"))
+    assert np.array_equal(np.asarray(grid), saved)
     # Training moved the fusion blocks away from their zero init.
     assert any(p.abs().sum() > 0 for n, p in trained.fusion.named_parameters() if "to_out" in n)
-
-
-def test_rerun_resumes_from_last_checkpoint(tmp_path):
-    fit(_short_run(tmp_path, "trainer.mlflow.enabled=false"))
-    ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 12
-    result = fit(_short_run(tmp_path, "trainer.mlflow.enabled=false", "trainer.max_steps=14"))
-    assert len([x for x in [result.first_loss] if x is not None]) == 1
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 14
 
 
 def test_cli_rejects_bad_override_before_building(tmp_path, capsys):
