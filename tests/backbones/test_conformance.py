@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from diffusers import SD3Transformer2DModel
 
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
@@ -225,13 +226,15 @@ def _dit_alone(model, gen) -> torch.Tensor:
     """The stand-alone diffusers DiT on one noisy image, without text (what zero-init reproduces)."""
     dit, b = model.gen.dit, gen.latents.shape[0]
     t = gen.timesteps[:, 0] * model.gen.num_train_timesteps
-    if model.gen.dit.__class__.__name__ == "SD3Transformer2DModel":
+    if isinstance(dit, SD3Transformer2DModel):
         cfg = dit.config
-        return dit(hidden_states=gen.latents[:, :, 0], timestep=t, encoder_hidden_states=torch.zeros(b, 0, cfg.joint_attention_dim),
+        no_text = torch.zeros(b, 0, cfg.joint_attention_dim)
+        return dit(hidden_states=gen.latents[:, :, 0], timestep=t, encoder_hidden_states=no_text,
                    pooled_projections=torch.zeros(b, cfg.pooled_projection_dim)).sample.unsqueeze(2)
     hooks = [blk.attn2.register_forward_hook(lambda m, i, o: torch.zeros_like(o)) for blk in dit.blocks]
     try:
-        return dit(hidden_states=gen.latents, timestep=t, encoder_hidden_states=torch.zeros(b, 1, dit.config.text_dim)).sample
+        no_text = torch.zeros(b, 1, dit.config.text_dim)
+        return dit(hidden_states=gen.latents, timestep=t, encoder_hidden_states=no_text).sample
     finally:
         for hook in hooks:
             hook.remove()

@@ -164,8 +164,9 @@ def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig,
     if uniform is None:
         uniform = torch.stack([torch.rand(n, device=device) for _ in range(3)], dim=1)
     drop_text = uniform[:, 0] < obj.text_dropout
-    drop_vit = uniform[:, 1] < obj.vit_dropout
-    drop_vae = uniform[:, 2] < obj.vae_dropout
+    # An edit_condition ablation hides one encoder of the source always (see ObjectiveConfig).
+    drop_vit = (uniform[:, 1] < obj.vit_dropout) | (obj.edit_condition == "vae")
+    drop_vae = (uniform[:, 2] < obj.vae_dropout) | (obj.edit_condition == "vit")
     seg = batch.und.segment
     keep = ~((seg == TEXT) & drop_text[:, None]) & ~((seg == VIT) & drop_vit[:, None])
     return replace(batch.und, keep=keep), batch.has_source & ~drop_vae
