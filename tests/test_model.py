@@ -33,7 +33,7 @@ def test_zero_init_dit_output_equals_standalone_dit(tiny_model, make_batch):
     # The stand-alone DiT without its umT5 cross-attention, which lightbagel never loads.
     hooks = [blk.attn2.register_forward_hook(lambda m, i, o: torch.zeros_like(o)) for blk in dit.blocks]
     try:
-        per_token_t = (gen.timesteps * 1000).repeat_interleave(16, dim=1)
+        per_token_t = (gen.timesteps * 1000).repeat_interleave(tiny_model.gen.tokens_per_slot(8, 8), dim=1)
         ref = dit(hidden_states=gen.latents, timestep=per_token_t,
                   encoder_hidden_states=torch.zeros(len(batch), 1, dit.config.text_dim)).sample
     finally:

@@ -226,6 +226,9 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     activation_checkpointing: bool = False
     enable_progress_bar: bool = True
+    # CPU intra-op threads (None: torch's default). Tiny models gain nothing from more threads,
+    # and on a shared machine idle OpenMP threads spin: 1 keeps a tiny run fast everywhere.
+    num_threads: Optional[int] = None
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     # FSDP2 (strategy: fsdp2): keep sharded parameters and optimizer state in host memory.
     cpu_offload: bool = False

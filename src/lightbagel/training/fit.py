@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 
@@ -74,6 +75,8 @@ def fit(recipe: Recipe) -> FitResult:
     cfg = recipe.config
     out = Path(cfg.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
     module = LightBagelModule(cfg)
     processor = module.model.und.processor
     gen = module.model.gen
