@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from mlflow import MlflowClient
@@ -14,7 +16,7 @@ from lightbagel.training.callbacks import render_samples, validation_samples
 from lightbagel.training.export import load_exported
 from lightbagel.training.fit import fit
 
-from conftest import TINY
+TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
 
 def _short_run(tmp_path, *extra):

@@ -45,7 +45,8 @@ def test_activations_are_measured_per_token_and_checkpointing_cuts_them(tiny_rec
     longer = measure_sample(model, type(workload.t2i)("t2i", 14, 0, 0, 1, workload.t2i.gen_per_slot), 32, torch.float32)
     assert "block" not in vars(model.gen)  # the measuring wrapper is gone again
     assert 0 < small.checkpointed < small.total < longer.total
-    assert small.boundary == (7 * model.und.hidden_size + 16 * model.gen.hidden_size) * 4
+    gen_tokens = model.gen.tokens_per_slot(8, 8)  # a 32 px image: 8 x 8 latents
+    assert small.boundary == (7 * model.und.hidden_size + gen_tokens * model.gen.hidden_size) * 4
 
 
 def test_states_shard_over_every_gpu_and_activations_do_not(tiny_recipe):

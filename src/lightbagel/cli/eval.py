@@ -17,7 +17,8 @@ DEFAULT_MODEL = "outputs/tiny/export"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lightbagel-eval", description="Evaluate a lightbagel-fit export.",
                                 epilog="example: lightbagel-eval outputs/tiny/export --synthetic")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"export dir (default: {DEFAULT_MODEL})")
+    p.add_argument("models", nargs="*", default=[DEFAULT_MODEL], metavar="model",
+                   help=f"export dir(s) (default: {DEFAULT_MODEL}); several are compared in one table")
     p.add_argument("--out", default=None, help="results dir (default: <model>/../eval)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
@@ -62,6 +63,10 @@ def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
                                 image_seed=args.seed)
     report.save_images(out / "synthetic")
     metrics = report.metrics("synthetic/")
+    from lightbagel.evaluation.heldout import heldout_loss
+
+    data = pipe.recipe.data
+    metrics.update({f"synthetic/{k}": v for k, v in heldout_loss(pipe.model, data.image_size, data.vit_image_size).items()})
     sections = ["## Synthetic shapes world (exact scores)", report.to_markdown()]
     t2i = [(it, im) for it, im in report.images if it.category != EDIT]
     if args.fid_feature:
@@ -104,6 +109,31 @@ def run_public(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if len(args.models) == 1:
+        args.model = args.models[0]
+        return evaluate_one(args)
+    return compare(args)
+
+
+def compare(args) -> int:
+    """Evaluates every model with the same settings and prints one table, a row per model."""
+    from lightbagel.evaluation.report import comparison_table
+
+    root = Path(args.out) if args.out else Path("outputs/compare")
+    rows = {}
+    for model in args.models:
+        name = Path(model).resolve().parent.name  # the run's output_dir name
+        one = argparse.Namespace(**{**vars(args), "model": model, "out": str(root / name)})
+        if evaluate_one(one) != 0:
+            return 2
+        rows[name] = json.loads((root / name / "metrics.json").read_text())
+    table = comparison_table(rows)
+    (root / "comparison.md").write_text(table + "\n")
+    print(f"\n## Comparison ({len(rows)} models)\n\n{table}\n\nwritten to {root / 'comparison.md'}")
+    return 0
+
+
+def evaluate_one(args) -> int:
     try:
         from lightbagel.inference import LightBagelPipeline
 

@@ -38,7 +38,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     result = fit(recipe)
     minutes = (time.perf_counter() - start) / 60
-    print(f"done in {minutes:.1f} min; loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
+    if result.first_loss is None:  # resumed from a checkpoint already at max_steps
+        print(f"nothing to train: {recipe.config.output_dir} is already at trainer.max_steps")
+    else:
+        print(f"done in {minutes:.1f} min; loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
     print(f"model: {result.export_path}")
     if result.tracking_uri:
         print(f"mlflow: run {result.run_id}; open with `mlflow ui --backend-store-uri {result.tracking_uri}`")

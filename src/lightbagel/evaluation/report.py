@@ -32,3 +32,14 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
+
+
+def comparison_table(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table with a row per model and a column per metric (prefixes dropped)."""
+    keys = list(dict.fromkeys(k for metrics in rows.values() for k in metrics))
+    header = ["model", *(k.split("/", 1)[-1] for k in keys)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(keys)]
+    for name, metrics in rows.items():
+        cells = [f"{metrics[k]:.4f}" if k in metrics else "" for k in keys]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
