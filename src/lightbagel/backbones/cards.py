@@ -29,3 +29,22 @@ def _normal(value):
     if isinstance(value, (list, tuple)):
         return [_normal(v) for v in value]
     return round(value, 6) if isinstance(value, float) else value
+
+
+def load_diffusers_model(model_cls, cfg: Any, dtype=None):
+    """A diffusers model from a card (DiT or VAE): random from `config`, or `from_pretrained`
+    (safetensors only) with the card's shipped config checked against the checkpoint's."""
+    import torch
+
+    if not reads_checkpoint(cfg):
+        model = model_cls(**dict(cfg.config))
+        return model.to(dtype) if dtype not in (None, torch.float32) else model
+    kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
+    if getattr(cfg, "revision", None):
+        kwargs["revision"] = cfg.revision
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    model = model_cls.from_pretrained(cfg.pretrained, use_safetensors=True, **kwargs)
+    where = f"card {getattr(cfg, 'card', None) or cfg.pretrained}"
+    check_card_config(dict(cfg.config), dict(model.config), where)
+    return model

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from lightbagel.backbones.cards import check_card_config, reads_checkpoint
+from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.backbones.generation.wan import _DTYPES, WanAdapter
 from lightbagel.inputs import GenInputs
@@ -108,12 +108,7 @@ class SD3VAE(LatentCodec):
 
 @VAE.register("sd3_vae")
 def build_sd3_vae(cfg: VAEConfig) -> SD3VAE:
-    if not reads_checkpoint(cfg):
-        return SD3VAE(AutoencoderKL(**dict(cfg.config)))
-    kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
-    vae = AutoencoderKL.from_pretrained(cfg.pretrained, use_safetensors=True, **kwargs)
-    check_card_config(dict(cfg.config), dict(vae.config), f"vae {cfg.pretrained}")
-    return SD3VAE(vae)
+    return SD3VAE(load_diffusers_model(AutoencoderKL, cfg))
 
 
 def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
@@ -130,17 +125,7 @@ def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
 def build_sd3(cfg: GenerationConfig) -> SD3Adapter:
     if cfg.cross_attention != "skip":
         raise ValueError(f"generation.cross_attention {cfg.cross_attention!r} is not supported; allowed: skip")
-    dtype = _DTYPES[cfg.dtype]
-    if not reads_checkpoint(cfg):
-        dit = SD3Transformer2DModel(**dict(cfg.config))
-        if dtype != torch.float32:
-            dit = dit.to(dtype)
-    else:
-        kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
-        if cfg.revision:
-            kwargs["revision"] = cfg.revision
-        dit = SD3Transformer2DModel.from_pretrained(cfg.pretrained, torch_dtype=dtype, use_safetensors=True, **kwargs)
-        check_card_config(dict(cfg.config), dict(dit.config), f"generation card {cfg.card}")
+    dit = load_diffusers_model(SD3Transformer2DModel, cfg, _DTYPES[cfg.dtype])
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)
     for module in _text_stream(dit):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from lightbagel.backbones.cards import check_card_config, reads_checkpoint
+from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import LatentCodec
 from lightbagel.recipe.schema import VAEConfig
 from lightbagel.registry import VAE
@@ -60,9 +60,4 @@ def build_pixel_autoencoder(cfg: VAEConfig) -> PixelAutoencoder:
 
 @VAE.register("wan_vae")
 def build_wan_vae(cfg: VAEConfig) -> WanVAE:
-    if not reads_checkpoint(cfg):
-        return WanVAE(AutoencoderKLWan(**dict(cfg.config)))
-    kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
-    vae = AutoencoderKLWan.from_pretrained(cfg.pretrained, use_safetensors=True, **kwargs)
-    check_card_config(dict(cfg.config), dict(vae.config), f"vae {cfg.pretrained}")
-    return WanVAE(vae)
+    return WanVAE(load_diffusers_model(AutoencoderKLWan, cfg))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
-from lightbagel.backbones.cards import check_card_config, reads_checkpoint
+from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.inputs import GenInputs
 from lightbagel.recipe.schema import GenerationConfig
@@ -109,17 +109,7 @@ class WanAdapter(GenerationAdapter):
 def build_wan(cfg: GenerationConfig) -> WanAdapter:
     if cfg.cross_attention != "skip":
         raise ValueError(f"generation.cross_attention {cfg.cross_attention!r} is not supported; allowed: skip")
-    dtype = _DTYPES[cfg.dtype]
-    if not reads_checkpoint(cfg):
-        dit = WanTransformer3DModel(**dict(cfg.config))
-        if dtype != torch.float32:
-            dit = dit.to(dtype)
-    else:
-        kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
-        if cfg.revision:
-            kwargs["revision"] = cfg.revision
-        dit = WanTransformer3DModel.from_pretrained(cfg.pretrained, torch_dtype=dtype, use_safetensors=True, **kwargs)
-        check_card_config(dict(cfg.config), dict(dit.config), f"generation card {cfg.card}")
+    dit = load_diffusers_model(WanTransformer3DModel, cfg, _DTYPES[cfg.dtype])
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)
     adapter = WanAdapter(dit, vae, cfg.num_train_timesteps)
