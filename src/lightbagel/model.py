@@ -49,18 +49,28 @@ class LightBagel(nn.Module):
         self.schedule = schedule  # VLM blocks run before fusion block i
 
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
+        return self._run(und, gen, keep_kv=False)[0]
+
+    def _run(self, und: UndInputs, gen: GenInputs, keep_kv: bool) -> tuple[FusedOutput, list]:
         h_und, rope_und = self.und.embed(und)
         h_gen, rope_gen, cond = self.gen.embed(gen)
         joint, und_mask, gen_mask = self._masks(und, gen, h_gen.shape[1])
-        ran = 0
+        ran, kv = 0, []
         for i, fusion in enumerate(self.fusion):
             h_und, ran = self._run_vlm(h_und, und_mask, rope_und, ran, self.schedule[i])
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
-            h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen)
-        for j in range(len(self.fusion), self.gen.num_layers):  # a DiT deeper than the fusion stack
-            h_gen = self.gen.block(j, h_gen, gen_mask, rope_gen, cond)
+            und_kv = fusion.und_keys_values(h_und, rope_und) if keep_kv else None
+            kv.append(und_kv)
+            h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen, und_kv=und_kv)
+        h_gen = self._dit_tail(h_gen, gen_mask, rope_gen, cond)
         h_und, _ = self._run_vlm(h_und, und_mask, rope_und, ran, self.und.num_layers)
-        return FusedOutput(h_und, self.gen.head(h_gen, cond))
+        return FusedOutput(h_und, self.gen.head(h_gen, cond)), kv
+
+    def _dit_tail(self, h_gen, mask, rope, cond) -> torch.Tensor:
+        """DiT blocks past the fusion stack (none with the built-in fusion types)."""
+        for j in range(len(self.fusion), self.gen.num_layers):
+            h_gen = self.gen.block(j, h_gen, mask, rope, cond)
+        return h_gen
 
     def _run_vlm(self, h_und, mask, rope, ran: int, until: int) -> tuple[torch.Tensor, int]:
         for j in range(ran, until):
@@ -88,19 +98,8 @@ class LightBagel(nn.Module):
         The noisy target's content does not matter to the cache (no und token sees it), so the
         first sampling step computes both at once.
         """
-        h_und, rope_und = self.und.embed(und)
-        h_gen, rope_gen, cond = self.gen.embed(gen)
-        joint, und_mask, gen_mask = self._masks(und, gen, h_gen.shape[1])
-        ran, kv = 0, []
-        for i, fusion in enumerate(self.fusion):
-            h_und, ran = self._run_vlm(h_und, und_mask, rope_und, ran, self.schedule[i])
-            h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
-            kv.append(fusion.und_keys_values(h_und, rope_und))
-            h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen, und_kv=kv[-1])
-        for j in range(len(self.fusion), self.gen.num_layers):
-            h_gen = self.gen.block(j, h_gen, gen_mask, rope_gen, cond)
-        h_und, _ = self._run_vlm(h_und, und_mask, rope_und, ran, self.und.num_layers)
-        return FusedOutput(h_und, self.gen.head(h_gen, cond)), UndCache(kv, und.order, und.valid)
+        out, kv = self._run(und, gen, keep_kv=True)
+        return out, UndCache(kv, und.order, und.valid)
 
     def encode_understanding(self, und: UndInputs, gen: GenInputs) -> UndCache:
         """The cache alone; `gen` must hold the clean source slots (any noise in the target)."""
@@ -114,16 +113,10 @@ class LightBagel(nn.Module):
         for i, fusion in enumerate(self.fusion):
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
-        for j in range(len(self.fusion), self.gen.num_layers):
-            h_gen = self.gen.block(j, h_gen, gen_mask, rope_gen, cond)
-        return self.gen.head(h_gen, cond)
+        return self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond)
 
     def understanding_logits(self, out: FusedOutput) -> torch.Tensor:
         return self.und.logits(out.und_hidden)
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
 
 
 def fusion_geometry(cfg: FusionConfig, und: UnderstandingAdapter, gen: GenerationAdapter) -> tuple[int, int]:
