@@ -6,6 +6,7 @@ The same class serves the 7B card (weights from a hub id or local directory) and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -152,7 +153,7 @@ def _tiny_tokenizer(name: str):
     return build_shapes_tokenizer()
 
 
-def _from_config(cfg: UnderstandingConfig, tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+def _from_config(cfg: UnderstandingConfig, tokenizer, family: "QwenFamily"):
     ids = tokenizer.convert_tokens_to_ids
     kwargs = dict(cfg.config)
     kwargs.setdefault("text_config", {})
@@ -162,14 +163,14 @@ def _from_config(cfg: UnderstandingConfig, tokenizer) -> Qwen2_5_VLForConditiona
     # The tokenizer's ids win over a real card's (a weightless build speaks the shapes vocabulary).
     kwargs.update(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
                   vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    config = Qwen2_5_VLConfig(**kwargs)
+    config = family.config_cls(**kwargs)
     config._attn_implementation = cfg.attn_implementation
-    return Qwen2_5_VLForConditionalGeneration(config).to(_DTYPES[cfg.dtype])
+    return family.model_cls(config).to(_DTYPES[cfg.dtype])
 
 
-def _from_pretrained(cfg: UnderstandingConfig) -> Qwen2_5_VLForConditionalGeneration:
+def _from_pretrained(cfg: UnderstandingConfig, family: "QwenFamily"):
     # Safetensors only (no pickle), remote code only when the recipe asks for it.
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    return family.model_cls.from_pretrained(
         cfg.pretrained, revision=cfg.revision or "main", dtype=_DTYPES[cfg.dtype], use_safetensors=True,
         attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
     )
@@ -187,21 +188,37 @@ def _image_processor(cfg: UnderstandingConfig, vision) -> Qwen2VLImageProcessorP
     return processor
 
 
-@UNDERSTANDING.register("qwen2_5_vl")
-def build_qwen2_5_vl(cfg: UnderstandingConfig) -> Qwen25VLAdapter:
+@dataclass(frozen=True)
+class QwenFamily:
+    """The transformers classes of one Qwen-VL generation; everything else is shared."""
+
+    config_cls: type
+    model_cls: type
+    adapter_cls: type
+
+
+def build_qwen(cfg: UnderstandingConfig, family: QwenFamily) -> Qwen25VLAdapter:
     if not reads_checkpoint(cfg):
         # A real card built without its checkpoint has no tokenizer to read: use the built-in one.
         tokenizer = _tiny_tokenizer((cfg.tokenizer if cfg.pretrained is None else None) or "shapes")
-        model = _from_config(cfg, tokenizer)
+        model = _from_config(cfg, tokenizer, family)
     else:
         tokenizer_src = cfg.tokenizer or cfg.pretrained
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_src, revision=cfg.revision or "main",
                                                   trust_remote_code=cfg.trust_remote_code)
-        model = _from_pretrained(cfg)
+        model = _from_pretrained(cfg, family)
         check_card_config(dict(cfg.config), model.config.to_dict(), f"understanding card {cfg.card}")
     vision = model.config.vision_config
     processor = QwenProcessor(tokenizer, _image_processor(cfg, vision), vision.spatial_merge_size)
-    adapter = Qwen25VLAdapter(model, processor)
+    adapter = family.adapter_cls(model, processor)
     if cfg.freeze:
         adapter.requires_grad_(False)
     return adapter
+
+
+QWEN2_5_VL = QwenFamily(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen25VLAdapter)
+
+
+@UNDERSTANDING.register("qwen2_5_vl")
+def build_qwen2_5_vl(cfg: UnderstandingConfig) -> Qwen25VLAdapter:
+    return build_qwen(cfg, QWEN2_5_VL)
