@@ -1,5 +1,6 @@
 """Samples/s of the mixture pipeline (2 workers, shapes world at 512 px) against the samples/s the
-tiny model trains on the same batches; prints both and their ratio (> 1: data keeps up).
+tiny model (with the paper's 256 tokens per 512 px image) trains on the same batches; prints both
+and their ratio (> 1: data keeps up).
 
     .venv/bin/python benchmarks/data_throughput.py [--samples 192] [--batches 24] [--steps 3]
 """
@@ -20,6 +21,10 @@ from lightbagel.recipe.schema import PackingConfig, ResolutionConfig
 from lightbagel.training.module import LightBagelModule
 
 REPO = Path(__file__).resolve().parents[1]
+# The tiny model with the paper's token geometry: a 16x space-to-depth codec (Wan2.2's VAE is 16x)
+# and a (1, 2, 2) DiT patch, so a 512 px image is 256 tokens, as at full size.
+PAPER_GEOMETRY = ["generation.vae.config.factor=16", "generation.config.in_channels=768",
+                  "generation.config.out_channels=768", "generation.config.patch_size=[1,2,2]"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,7 +82,7 @@ def model_rate(module: LightBagelModule, batches: list, steps: int) -> float:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    module = LightBagelModule(load_recipe(REPO / "recipes" / "tiny.yaml").config)
+    module = LightBagelModule(load_recipe(REPO / "recipes" / "tiny.yaml", PAPER_GEOMETRY).config)
     dm = data_module(args, module)
     data, batches = pipeline_rate(dm, args.batches)
     sizes = sorted({tuple(b.target.shape[-2:]) for b in batches})
