@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from lightbagel.recipe import RecipeError, load_recipe
+from lightbagel.cli.common import recipe_or_none
 
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
@@ -25,10 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as err:
-        print(f"lightbagel-fit: {err}", file=sys.stderr)
+    recipe = recipe_or_none("lightbagel-fit", args.recipe, args.overrides)
+    if recipe is None:
         return 2
     if args.print_recipe:
         print(recipe.to_yaml())

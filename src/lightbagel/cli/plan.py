@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightbagel.recipe import RecipeError, load_recipe
+from lightbagel.cli.common import recipe_or_none
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,10 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as err:
-        print(f"lightbagel-plan: {err}", file=sys.stderr)
+    recipe = recipe_or_none("lightbagel-plan", args.recipe, args.overrides)
+    if recipe is None:
         return 2
     cfg = recipe.config
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
