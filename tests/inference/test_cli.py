@@ -58,3 +58,12 @@ def test_chat_answers_and_bad_model_dir_is_one_line(export, tmp_path, capsys):
     assert generate_main(["a red circle", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightbagel-generate:") and "recipe.yaml" in err and "\n" not in err
+
+
+def test_default_output_folder_never_overwrites_an_earlier_run(tmp_path):
+    from lightbagel.cli.generate import _fresh_dir
+
+    assert _fresh_dir(tmp_path).name == "run-0001"
+    (tmp_path / "run-0001").mkdir()
+    (tmp_path / "run-0007").mkdir()
+    assert _fresh_dir(tmp_path).name == "run-0008"

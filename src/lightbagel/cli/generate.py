@@ -22,7 +22,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="outputs/generated", help="output directory")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: a new outputs/generated/run-NNNN, never overwriting)")
     parser.add_argument("--seed", type=int, default=0, help="image k of the run uses seed + k")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -56,8 +57,9 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
     """Samples every (prompt, sources) pair `--num-images` times in batches; writes PNGs + JSON."""
     cfg = _config(pipe, args)
     jobs = [(p, s, k) for p, s in zip(prompts, sources) for k in range(args.num_images)]
-    out = Path(args.out)
+    out = Path(args.out) if args.out else _fresh_dir(Path("outputs/generated"))
     out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out)
     written, records = [], []
     for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch"):
         chunk = jobs[start:start + args.batch_size]
@@ -73,6 +75,12 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
                 "images": records}
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     return written
+
+
+def _fresh_dir(root: Path) -> Path:
+    """The next unused numbered folder under `root`, so one run never overwrites another's images."""
+    taken = [int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()]
+    return root / f"run-{max(taken, default=0) + 1:04d}"
 
 
 def _fail(prog: str, err: Exception) -> int:
