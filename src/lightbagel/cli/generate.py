@@ -77,6 +77,17 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
     return written
 
 
+def _write_images(prog: str, args, jobs) -> int:
+    """Runs `jobs()` -> (prompts, sources per prompt) through the pipeline; one-line errors."""
+    try:
+        prompts, sources = jobs()
+        paths = run_images(_pipeline(args), args, prompts, sources)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
+        return _fail(prog, err)
+    print(f"wrote {len(paths)} images and settings.json to {args.out}")
+    return 0
+
+
 def _fresh_dir(root: Path) -> Path:
     """The next unused numbered folder under `root`, so one run never overwrites another's images."""
     taken = [int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()]
@@ -101,13 +112,7 @@ def generate_main(argv=None) -> int:
         prompts += [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
     if not prompts:
         return _fail(parser.prog, ValueError("no prompt given; pass one in quotes or --prompt-file FILE"))
-    try:
-        pipe = _pipeline(args)
-        paths = run_images(pipe, args, prompts, [[] for _ in prompts])
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        return _fail(parser.prog, err)
-    print(f"wrote {len(paths)} images and settings.json to {args.out}")
-    return 0
+    return _write_images(parser.prog, args, lambda: (prompts, [[] for _ in prompts]))
 
 
 def edit_main(argv=None) -> int:
@@ -121,14 +126,8 @@ def edit_main(argv=None) -> int:
     _common(parser)
     _sampling(parser)
     args = parser.parse_args(argv)
-    try:
-        sources = [Image.open(p).convert("RGB") for p in args.image]
-        pipe = _pipeline(args)
-        paths = run_images(pipe, args, [args.instruction], [sources])
-    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-        return _fail(parser.prog, err)
-    print(f"wrote {len(paths)} images and settings.json to {args.out}")
-    return 0
+    return _write_images(parser.prog, args,
+                         lambda: ([args.instruction], [[Image.open(p).convert("RGB") for p in args.image]]))
 
 
 def chat_main(argv=None) -> int:

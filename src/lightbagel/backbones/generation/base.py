@@ -35,6 +35,18 @@ class GenerationAdapter(nn.Module):
     patch_size: tuple[int, int, int]
     vae: LatentCodec
 
+    def _bind(self, dit: nn.Module, vae: LatentCodec, num_train_timesteps: int,
+              patch_size: tuple[int, int, int]) -> None:
+        """The geometry every diffusers DiT config spells the same way."""
+        self.dit, self.vae = dit, vae
+        cfg = dit.config
+        self.num_layers = cfg.num_layers
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.attention_head_dim
+        self.hidden_size = self.num_heads * self.head_dim
+        self.patch_size = patch_size
+        self.num_train_timesteps = num_train_timesteps
+
     def embed(self, gen: GenInputs) -> tuple[torch.Tensor, object, object]:
         """Latents -> tokens (B, L, D), rotary embedding, and per-token timestep conditioning."""
         raise NotImplementedError

@@ -30,14 +30,7 @@ class SD3Adapter(GenerationAdapter):
 
     def __init__(self, dit: SD3Transformer2DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
         super().__init__()
-        self.dit, self.vae = dit, vae
-        cfg = dit.config
-        self.num_layers = cfg.num_layers
-        self.num_heads = cfg.num_attention_heads
-        self.head_dim = cfg.attention_head_dim
-        self.hidden_size = self.num_heads * self.head_dim
-        self.patch_size = (1, cfg.patch_size, cfg.patch_size)
-        self.num_train_timesteps = num_train_timesteps
+        self._bind(dit, vae, num_train_timesteps, (1, dit.config.patch_size, dit.config.patch_size))
 
     def embed(self, gen: GenInputs):
         batch, channels, slots, h, w = gen.latents.shape

@@ -23,15 +23,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class WanAdapter(GenerationAdapter):
     def __init__(self, dit: WanTransformer3DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
         super().__init__()
-        self.dit, self.vae = dit, vae
-        cfg = dit.config
-        self.num_layers = cfg.num_layers
-        self.num_heads = cfg.num_attention_heads
-        self.head_dim = cfg.attention_head_dim
-        self.hidden_size = self.num_heads * self.head_dim
-        self.patch_size = tuple(cfg.patch_size)
-        self.num_train_timesteps = num_train_timesteps
-        if cfg.patch_size[0] != 1:
+        self._bind(dit, vae, num_train_timesteps, tuple(dit.config.patch_size))
+        if self.patch_size[0] != 1:
             raise ValueError("image slots need a temporal patch size of 1")
 
     def embed(self, gen: GenInputs):
