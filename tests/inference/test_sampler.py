@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lightbagel.inference.guidance import guide
 from lightbagel.inference.sampler import (
     Conditioning,
     SamplerConfig,
     condition_slots,
-    guide,
     sample,
     stack_branches,
     without_images,
@@ -110,7 +110,7 @@ def test_branches_hide_text_or_images(tiny_model, make_batch):
 
 def test_guidance_formula_and_renorm():
     cond, no_text, no_img = torch.full((1, 1, 1, 1), 2.0), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    cfg = SamplerConfig(text_guidance=3.0, image_guidance=2.0)
+    cfg = SamplerConfig(text_guidance=3.0, image_guidance=2.0, renorm=None)
     v = torch.stack([cond, no_text, no_img])
     text_only = guide(v[:2], cfg, True, False, torch.ones(1))
     assert float(text_only) == pytest.approx(6.0)  # 0 + 3 * (2 - 0)

@@ -18,16 +18,17 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lightbagel.inference.guidance import RENORM, guide
 from lightbagel.inputs import TARGET_ORDER, TEXT, VIT, GenInputs, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, UndCache
 from lightbagel.training.flow_matching import sampling_times
 
-RENORM = (None, "global", "channel")
 
 
 @dataclass
 class SamplerConfig:
-    """Sampling settings; the defaults are DESIGN.md's inference defaults (BAGEL's)."""
+    """Sampling settings; the defaults are BAGEL's text-to-image ones, except `image_guidance`
+    (`guidance.TASK_DEFAULTS` holds both tasks' values; the pipeline picks per prompt)."""
 
     steps: int = 50
     shift: float = 3.0
@@ -36,9 +37,9 @@ class SamplerConfig:
     # Flow times t (1 = noise, 0 = data) with lo < t <= hi get guidance; elsewhere the plain
     # conditional velocity: guidance matters for layout (early), hurts fine detail (late).
     guidance_interval: tuple[float, float] = (0.4, 1.0)
-    # Rescale the guided velocity to at most the conditional one's norm ("global" per sample,
-    # "channel" per latent pixel), never below `renorm_min` times it: limits CFG oversaturation.
-    renorm: Optional[str] = None
+    # Rescale the guided velocity to at most the conditional one's norm, never below `renorm_min`
+    # times it: limits CFG oversaturation. Modes and per-task defaults: inference/guidance.py.
+    renorm: Optional[str] = "global"
     renorm_min: float = 0.0
     use_cache: bool = True
 
@@ -199,26 +200,6 @@ def _target_latents(model: LightBagel, velocity: torch.Tensor, x: torch.Tensor) 
     return model.gen.unpatchify(velocity[:, -n_target:], 1, h, w)[:, :, 0]
 
 
-def guide(v: torch.Tensor, cfg: SamplerConfig, text: bool, image: bool, image_scale: torch.Tensor) -> torch.Tensor:
-    """Combines branch velocities (cond, [no text], [no image]) into one, BAGEL's order."""
-    cond, i = v[0], 1
-    out = cond
-    if text:
-        out = v[i] + cfg.text_guidance * (cond - v[i])
-        i += 1
-    if image:
-        scale = image_scale.view(-1, 1, 1, 1)  # 1 for samples without a source image
-        out = v[i] + scale * (out - v[i])
-    return _renorm(out, cond, cfg) if cfg.renorm else out
-
-
-def _renorm(guided: torch.Tensor, cond: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
-    dims = (1, 2, 3) if cfg.renorm == "global" else (1,)
-    norm = lambda v: torch.linalg.vector_norm(v, dim=dims, keepdim=True)  # noqa: E731
-    ratio = norm(cond) / (norm(guided) + 1e-8)
-    return guided * ratio.clamp(min=cfg.renorm_min, max=1.0)
-
-
 @torch.no_grad()
 def sample(model: LightBagel, cond: Conditioning, shape: tuple[int, ...], cfg: SamplerConfig,
            seeds: Sequence[int], progress: bool = False) -> torch.Tensor:
@@ -230,11 +211,12 @@ def sample(model: LightBagel, cond: Conditioning, shape: tuple[int, ...], cfg: S
     image_scale = torch.where(cond.has_source, cfg.image_guidance, 1.0).to(x.dtype)
     times = sampling_times(cfg.steps, cfg.shift, device=device)
     lo, hi = cfg.guidance_interval
+    patch = tuple(model.gen.patch_size[1:])
     for i in tqdm(range(cfg.steps), desc="sampling", disable=not progress, leave=False):
         t = times[i].expand(shape[0])
         guided = (branches.text or branches.image) and lo < float(times[i]) <= hi
         v = branches.velocities(x, t, guided)
-        v = guide(v, cfg, branches.text, branches.image, image_scale) if guided else v[0]
+        v = guide(v, cfg, branches.text, branches.image, image_scale, patch) if guided else v[0]
         x = x + (times[i + 1] - times[i]) * v
     return x
 
