@@ -146,6 +146,7 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     model = LightBagel(und, gen, fusion, schedule)
     # Which encoders of an edit source the model was trained to see; the sampler hides the other.
     model.edit_condition = recipe.objective.edit_condition
+    und.processor.edit_layout = recipe.fusion.edit_layout
     return model
 
 

@@ -20,6 +20,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "generation.cross_attention": ("skip", "keep"),
     "fusion.block": ("double_fusion",),
     "fusion.positional": ("per_stream", "none"),
+    "fusion.edit_layout": ("vae_first", "vit_first"),
     "objective.edit_condition": ("both", "vit", "vae"),
     "data.source": ("shapes", "webdataset"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
@@ -102,6 +103,9 @@ class FusionConfig:
     positional: str = "per_stream"
     und_writeback: bool = True
     eps: float = 1e-6
+    # Order of an edit source's two splits in the mask: "vae_first" (BAGEL's: clean VAE split,
+    # then [vision_start, ViT image, vision_end]) or "vit_first". The paper is silent (docs/full_size.md).
+    edit_layout: str = "vae_first"
 
 
 @dataclass

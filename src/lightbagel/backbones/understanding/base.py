@@ -24,8 +24,8 @@ class EncodedPrompt:
     order: list[int]
     pixel_values: list[torch.Tensor] = field(default_factory=list)
     image_grid_thw: list[torch.Tensor] = field(default_factory=list)
-    # Logical order reserved right after each image, where that image's clean VAE split goes
-    # (BAGEL's layout: ViT image, VAE image, then the text that follows).
+    # Logical order of each image's clean VAE split, next to its ViT split; which comes first is
+    # the recipe's `fusion.edit_layout` (docs/full_size.md). BAGEL puts the VAE split first.
     vae_orders: list[int] = field(default_factory=list)
     next_order: int = 0
 
@@ -37,6 +37,14 @@ class UndProcessor:
     """
 
     pad_token_id: int
+    # "vae_first" (BAGEL's order) or "vit_first": set from the recipe's `fusion.edit_layout`.
+    edit_layout: str = "vae_first"
+
+    def image_orders(self, out: EncodedPrompt) -> tuple[int, int]:
+        """(ViT split order, VAE split order) of the next image; reserves both orders."""
+        o = out.next_order
+        out.next_order = o + 2
+        return (o + 1, o) if self.edit_layout == "vae_first" else (o, o + 1)
 
     def encode(self, segments: Sequence[Segment]) -> EncodedPrompt:
         raise NotImplementedError

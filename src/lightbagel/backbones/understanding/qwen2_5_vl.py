@@ -67,16 +67,15 @@ class QwenProcessor(UndProcessor):
         feats = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
         grid = feats["image_grid_thw"][0]
         n = int(grid.prod()) // self.merge_size**2
-        o = out.next_order
-        # vision_start, the image (one bidirectional split), vision_end, then the VAE split's slot.
+        vit_order, vae_order = self.image_orders(out)
+        # [vision_start, image, vision_end] is one bidirectional split, as in BAGEL.
         out.input_ids += [self.vision_start_id] + [self.image_token_id] * n + [self.vision_end_id]
         out.mm_token_type_ids += [0] + [1] * n + [0]
         out.segment += [VIT] * (n + 2)
-        out.order += [o] + [o + 1] * n + [o + 2]
+        out.order += [vit_order] * (n + 2)
         out.pixel_values.append(feats["pixel_values"])
         out.image_grid_thw.append(grid)
-        out.vae_orders.append(o + 3)
-        out.next_order = o + 4
+        out.vae_orders.append(vae_order)
 
 
 class Qwen25VLAdapter(UnderstandingAdapter):
