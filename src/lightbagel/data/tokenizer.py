@@ -48,9 +48,22 @@ def _build_backend() -> Tokenizer:
     return backend
 
 
+# Qwen2.5-VL-Instruct's chat format without its default system turn: a role per turn between
+# <|im_start|> and <|im_end|>, an image as <|vision_start|><|image_pad|><|vision_end|>, so the
+# chat path of the real VLM is exercised on CPU.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def build_shapes_tokenizer() -> PreTrainedTokenizerFast:
     """The shapes-world tokenizer; ``<|endoftext|>`` doubles as pad and eos token."""
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_build_backend(),
         unk_token=UNK_TOKEN,
         pad_token=SPECIAL_TOKENS[0],
@@ -59,3 +72,5 @@ def build_shapes_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=512,
         padding_side="right",
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

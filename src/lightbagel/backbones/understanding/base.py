@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 from PIL import Image
@@ -37,6 +37,10 @@ class UndProcessor:
     """
 
     pad_token_id: int
+    tokenizer: Any
+    # What the chat template writes for one image, and the turn delimiters (Qwen's by default).
+    image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
+    turn_start, turn_end = "<|im_start|>", "<|im_end|>"
     # "vae_first" (BAGEL's order) or "vit_first": set from the recipe's `fusion.edit_layout`.
     edit_layout: str = "vae_first"
 
@@ -48,6 +52,43 @@ class UndProcessor:
 
     def encode(self, segments: Sequence[Segment]) -> EncodedPrompt:
         raise NotImplementedError
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def prompt(self, text: str, images: Sequence[Image.Image] = ()) -> EncodedPrompt:
+        """Generation conditioning, in training and sampling alike: the source images, then the text.
+
+        With a chat template the text is wrapped as BAGEL wraps every text it conditions on,
+        `<|im_start|>text<|im_end|>` (`prepare_prompts` in BAGEL's modeling/bagel/bagel.py,
+        https://github.com/ByteDance-Seed/Bagel).
+        """
+        if self.has_chat_template:
+            text = f"{self.turn_start}{text}{self.turn_end}"
+        return self.encode([*images, text])
+
+    def chat(self, question: str, images: Sequence[Image.Image] = ()) -> EncodedPrompt:
+        """A user turn (images, then the question) and the assistant's opening, rendered by the
+        tokenizer's chat template; the bare question without one."""
+        if not self.has_chat_template:
+            return self.encode([*images, question])
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False)
+        texts = rendered.split(self.image_placeholder)
+        if len(texts) != len(images) + 1:
+            raise ValueError(f"the tokenizer's chat template wrote {len(texts) - 1} image placeholders "
+                             f"({self.image_placeholder}) for {len(images)} images")
+        return self.encode([texts[0], *(seg for pair in zip(images, texts[1:]) for seg in pair)])
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Where an answer ends: end of text, and end of turn under a chat template."""
+        stops = [self.tokenizer.eos_token_id]
+        if self.has_chat_template:
+            stops.append(self.tokenizer.convert_tokens_to_ids(self.turn_end))
+        return [t for t in dict.fromkeys(stops) if t is not None]
 
     def collate(self, prompts: Sequence[EncodedPrompt]) -> UndInputs:
         """Right-pads a batch of prompts into one `UndInputs`."""
