@@ -60,6 +60,9 @@ class WordProcessor:
             out.next_order += n + 1
         return out
 
+    def prompt(self, text, images=()):
+        return self.encode([*images, text])
+
     def collate(self, prompts):
         from lightbagel.backbones.understanding.base import UndProcessor
 

@@ -69,4 +69,5 @@ def test_imgedit_layout(tiny_pipe, tmp_path):
     (tmp_path / "basic_edit.json").write_text(json.dumps(edits))
     jobs = public.imgedit_jobs(tmp_path / "basic_edit.json", tmp_path / "singleturn", tmp_path / "out")
     public.run_jobs(tiny_pipe, jobs, FAST)
-    assert Image.open(tmp_path / "out" / "1082.png").size == (32, 32)
+    # A 40 x 24 source: the output keeps its aspect, bucketed by the training rules (32 px long side).
+    assert Image.open(tmp_path / "out" / "1082.png").size == tiny_pipe.policy.vae_size((40, 24)) == (32, 16)

@@ -35,7 +35,7 @@ def test_generate_writes_pngs_and_settings(export, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
     settings = json.loads((out / "settings.json").read_text())
     assert [r["seed"] for r in settings["images"]] == [5, 6, 7, 8]
-    assert settings["sampler"]["steps"] == 2 and settings["sampler"]["use_cache"] is True
+    assert settings["sampler"]["t2i"]["steps"] == 2 and settings["sampler"]["t2i"]["use_cache"] is True
 
 
 def test_edit_takes_one_or_more_sources(export, tmp_path):
@@ -46,7 +46,7 @@ def test_edit_takes_one_or_more_sources(export, tmp_path):
                     "--out", str(out), "--no-cache", *FAST])
     assert rc == 0 and (out / "00000.png").is_file()
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["images"][0]["num_sources"] == 2 and settings["sampler"]["use_cache"] is False
+    assert settings["images"][0]["num_sources"] == 2 and settings["sampler"]["edit"]["use_cache"] is False
 
 
 def test_chat_answers_and_bad_model_dir_is_one_line(export, tmp_path, capsys):

@@ -11,6 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from lightbagel.cli.generate import sampler_overrides
+from lightbagel.inference.guidance import TASK_DEFAULTS
+
 DEFAULT_MODEL = "outputs/tiny/export"
 
 
@@ -36,23 +39,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-model", type=Path, help="local CLIP dir (CLIPModel + CLIPProcessor) for CLIP score")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--shift", type=float, default=None, help="default: the training shift")
-    p.add_argument("--cfg-text", type=float, default=4.0)
-    p.add_argument("--cfg-image", type=float, default=1.5)
-    p.add_argument("--cfg-interval", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"))
-    p.add_argument("--renorm", choices=("global", "channel"), default=None)
+    # Unset sampler options take BAGEL's per-task defaults (docs/inference.md).
+    p.add_argument("--cfg-text", type=float, default=None)
+    p.add_argument("--cfg-image", type=float, default=None)
+    p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument("--renorm", choices=("global", "channel", "text_channel", "none"), default=None)
+    p.add_argument("--renorm-min", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite under --out; 'none' skips)")
     return p.parse_args(argv)
-
-
-def _config(pipe, args):
-    overrides = dict(steps=args.steps, text_guidance=args.cfg_text, image_guidance=args.cfg_image,
-                     guidance_interval=tuple(args.cfg_interval), renorm=args.renorm, use_cache=not args.no_cache)
-    if args.shift is not None:
-        overrides["shift"] = args.shift
-    return pipe.default_config(**overrides)
 
 
 def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
@@ -138,7 +135,7 @@ def evaluate_one(args) -> int:
         from lightbagel.inference import LightBagelPipeline
 
         pipe = LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-        cfg = _config(pipe, args)
+        cfg = sampler_overrides(args)
         out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
         out.mkdir(parents=True, exist_ok=True)
         public_asked = any((args.geneval, args.dpg, args.gedit, args.imgedit))
@@ -151,21 +148,23 @@ def evaluate_one(args) -> int:
     except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as err:
         print(f"lightbagel-eval: {err}", file=sys.stderr)
         return 2
-    _write(out, args, cfg, metrics, sections)
+    _write(out, args, {task: pipe.default_config(task, **cfg).to_dict() for task in TASK_DEFAULTS}, metrics,
+           sections)
     return 0
 
 
-def _write(out: Path, args, cfg, metrics: dict, sections: list[str]) -> None:
+def _write(out: Path, args, samplers: dict, metrics: dict, sections: list[str]) -> None:
     from lightbagel.evaluation.report import log_to_mlflow, metrics_table
 
-    settings = f"model `{args.model}`; sampler: {json.dumps(cfg.to_dict())}"
+    settings = f"model `{args.model}`; sampler per task: {json.dumps(samplers)}"
     text = "\n\n".join([f"# lightbagel-eval\n\n{settings}", *sections, "## All metrics", metrics_table(metrics)])
     (out / "report.md").write_text(text + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(text)
     if args.mlflow_uri != "none":
         uri = args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-        params = {"model": args.model, **{f"sampler.{k}": v for k, v in cfg.to_dict().items()}}
+        params = {"model": args.model, **{f"sampler.{task}.{k}": v for task, cfg in samplers.items()
+                                          for k, v in cfg.items()}}
         run_id = log_to_mlflow(metrics, params, uri, artifacts=(out / "report.md", out / "metrics.json"))
         print(f"\nmlflow: run {run_id} in {uri}")
 

@@ -27,14 +27,16 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="image k of the run uses seed + k")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, default=None, help="square side in pixels (default: the recipe's)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="square side in pixels (default: the recipe's; an edit follows its source's aspect)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: the training shift)")
-    parser.add_argument("--cfg-text", type=float, default=4.0, help="text guidance; 1 turns it off")
-    parser.add_argument("--cfg-image", type=float, default=1.5, help="image guidance (editing); 1 turns it off")
-    parser.add_argument("--cfg-interval", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"))
-    parser.add_argument("--renorm", choices=("global", "channel"), default=None)
-    parser.add_argument("--renorm-min", type=float, default=0.0)
+    # Unset sampler options take BAGEL's per-task defaults (docs/inference.md).
+    parser.add_argument("--cfg-text", type=float, default=None, help="text guidance; 1 turns it off")
+    parser.add_argument("--cfg-image", type=float, default=None, help="image guidance (editing); 1 turns it off")
+    parser.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    parser.add_argument("--renorm", choices=("global", "channel", "text_channel", "none"), default=None)
+    parser.add_argument("--renorm-min", type=float, default=None)
     parser.add_argument("--no-cache", action="store_true", help="recompute the understanding side every step")
 
 
@@ -44,35 +46,38 @@ def _pipeline(args):
     return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
 
 
-def _config(pipe, args):
-    overrides = dict(steps=args.steps, text_guidance=args.cfg_text, image_guidance=args.cfg_image,
-                     guidance_interval=tuple(args.cfg_interval), renorm=args.renorm,
-                     renorm_min=args.renorm_min, use_cache=not args.no_cache)
-    if args.shift is not None:
-        overrides["shift"] = args.shift
-    return pipe.default_config(**overrides)
+def sampler_overrides(args) -> dict:
+    """The sampler options given on the command line, over the pipeline's per-task defaults."""
+    given = dict(steps=args.steps, shift=args.shift, text_guidance=args.cfg_text, image_guidance=args.cfg_image,
+                 guidance_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
+                 renorm=args.renorm, renorm_min=args.renorm_min, use_cache=not args.no_cache)
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides.get("renorm") == "none":
+        overrides["renorm"] = None
+    return overrides
 
 
 def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path]:
     """Samples every (prompt, sources) pair `--num-images` times in batches; writes PNGs + JSON."""
-    cfg = _config(pipe, args)
+    cfg = sampler_overrides(args)
     jobs = [(p, s, k) for p, s in zip(prompts, sources) for k in range(args.num_images)]
     out = Path(args.out) if args.out else _fresh_dir(Path("outputs/generated"))
     out.mkdir(parents=True, exist_ok=True)
     args.out = str(out)
-    written, records = [], []
+    written, records, samplers = [], [], {}
     for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch"):
         chunk = jobs[start:start + args.batch_size]
         seeds = [args.seed + start + i for i in range(len(chunk))]
         result = pipe([j[0] for j in chunk], images=[j[1] for j in chunk], height=args.size, width=args.size,
                       config=cfg, seed=seeds, progress=True)
+        samplers.update(result.settings["sampler"])
         for i, (image, (prompt, srcs, k)) in enumerate(zip(result.images, chunk)):
             path = out / f"{start + i:05d}.png"
             image.save(path)
             written.append(path)
-            records.append({"file": path.name, "prompt": prompt, "seed": seeds[i], "num_sources": len(srcs)})
-    settings = {"model": str(args.model), "sampler": cfg.to_dict(), "size": args.size or pipe.image_size,
-                "images": records}
+            records.append({"file": path.name, "prompt": prompt, "seed": seeds[i], "num_sources": len(srcs),
+                            "size": list(image.size)})
+    settings = {"model": str(args.model), "sampler": samplers, "images": records}
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     return written
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from PIL import Image
+
 from lightbagel.recipe.schema import ResolutionConfig
 
 Size = tuple[int, int]  # (width, height), PIL's order
@@ -34,6 +36,12 @@ class ResolutionPolicy:
     def vit_size(self, size: Size) -> Size:
         return fit_size(*size, self.cfg.vit_min_short, self.cfg.vit_max_long, self.cfg.vit_multiple)
 
+    def source_pixels(self, image: Image.Image, vae_size: Optional[Size] = None) -> tuple[Image.Image, Image.Image]:
+        """An edit source's ViT copy (its own aspect, ViT limits) and VAE copy (`vae_size`, by
+        default the source's own bucket): the one place training and inference size sources."""
+        image = image.convert("RGB")
+        return resized(image, self.vit_size(image.size)), resized(image, vae_size or self.vae_size(image.size))
+
     def tokens(self, target: Size, vit: Optional[Size], text: str) -> int:
         """Tokens a sample feeds the fused model: VAE tokens of the target (and of the source,
         whose ViT tokens count too) plus text, estimated by words."""
@@ -42,6 +50,15 @@ class ResolutionPolicy:
         if vit is not None:
             n += gen + (vit[0] // self.cfg.vit_multiple) * (vit[1] // self.cfg.vit_multiple) + 2
         return n
+
+
+def resized(image: Image.Image, size: Size) -> Image.Image:
+    return image if image.size == size else image.resize(size, Image.BICUBIC)
+
+
+def vae_multiple_of(gen) -> int:
+    """Pixels per DiT token side of a generation adapter: VAE factor times DiT patch."""
+    return gen.vae.spatial_factor * gen.patch_size[1]
 
 
 @dataclass

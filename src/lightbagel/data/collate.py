@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from lightbagel.backbones.understanding.base import UndProcessor
+from lightbagel.data.buckets import resized
 from lightbagel.inputs import UndInputs
 
 
@@ -39,26 +40,23 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def prompt_segments(text: str, source: Image.Image | None, vit_size: Union[int, tuple[int, int]]) -> list:
-    """BAGEL's editing layout: the source as ViT tokens first, then the instruction.
-
-    ``vit_size`` is a square side or a (width, height) kept from the image's aspect ratio.
-    """
-    if source is None:
-        return [text]
-    size = (vit_size, vit_size) if isinstance(vit_size, int) else tuple(vit_size)
-    return [source if source.size == size else source.resize(size, Image.BICUBIC), text]
-
-
 class Collator:
     """Picklable collate_fn: runs in DataLoader workers with the adapter's CPU-side processor."""
 
     def __init__(self, processor: UndProcessor, vit_size: int):
         self.processor, self.vit_size = processor, vit_size
 
+    def _vit_sources(self, sample: dict) -> list[Image.Image]:
+        """The mixture pipeline sizes the ViT copy (`ResolutionPolicy.source_pixels`); other callers
+        (validation samples) give square sources, shown to the ViT at `vit_size`."""
+        if sample["source"] is None:
+            return []
+        if "vit_source" in sample:
+            return [sample["vit_source"]]
+        return [resized(sample["source"], (self.vit_size, self.vit_size))]
+
     def __call__(self, samples: Sequence[dict]) -> TrainBatch:
-        prompts = [self.processor.encode(prompt_segments(s["text"], s["source"], s.get("vit_size", self.vit_size)))
-                   for s in samples]
+        prompts = [self.processor.prompt(s["text"], self._vit_sources(s)) for s in samples]
         targets = torch.stack([image_to_tensor(s["target"]) for s in samples])
         sources = torch.stack([
             image_to_tensor(s["source"]) if s["source"] is not None else torch.zeros_like(targets[0])

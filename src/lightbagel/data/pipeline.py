@@ -18,10 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, Size
+from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, Size, resized
 from lightbagel.data.collate import Collator, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.samples import TRAINABLE, BadSample, to_record
@@ -131,16 +130,13 @@ class SlotWorker:
     def _resize(self, record: dict, source_name: str) -> tuple[Size, dict]:
         policy = self.plan.policy
         size = policy.vae_size(record["target"].size)
-        source = record["source"]
-        vit = policy.vit_size(source.size) if source is not None else None
-        item = {
-            "key": record["key"], "task": record["task"], "text": record["text"], "source_name": source_name,
-            "target": _resized(record["target"], size),
-            "source": _resized(source, size) if source is not None else None,
-            "vit_size": vit, "tokens": policy.tokens(size, vit, record["text"]),
-        }
-        if vit is None:
-            item.pop("vit_size")
+        item = {"key": record["key"], "task": record["task"], "text": record["text"], "source_name": source_name,
+                "target": resized(record["target"], size), "source": None}
+        vit = None
+        if record["source"] is not None:
+            item["vit_source"], item["source"] = policy.source_pixels(record["source"], size)
+            vit = item["vit_source"].size
+        item["tokens"] = policy.tokens(size, vit, record["text"])
         return size, item
 
     def _emit(self, items: list[Pending]) -> TrainBatch:
@@ -181,10 +177,6 @@ class SlotWorker:
         for name, counts in state["skipped"].items():
             live[name].counts = dict(counts)
         self.draw = int(state["draw"])
-
-
-def _resized(image: Image.Image, size: Size) -> Image.Image:
-    return image if image.size == size else image.resize(size, Image.BICUBIC)
 
 
 class MixtureDataset(IterableDataset):

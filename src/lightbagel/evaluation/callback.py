@@ -36,7 +36,7 @@ class SyntheticEval(L.Callback):
 
         was_training = pl_module.training
         pipe = LightBagelPipeline(pl_module.model, pl_module.recipe, device=pl_module.device)
-        report = evaluate_synthetic(pipe, self.per_category, config=pipe.default_config(steps=self.steps),
+        report = evaluate_synthetic(pipe, self.per_category, config={"steps": self.steps},
                                     progress=False)
         pl_module.train(was_training)
         metrics = report.metrics("val/")

@@ -17,7 +17,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lightbagel.backbones.understanding.base import EncodedPrompt
+from lightbagel.data.buckets import ResolutionPolicy, vae_multiple_of
 from lightbagel.data.collate import image_to_tensor, tensor_to_image
+from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.inference.sampler import Conditioning, SamplerConfig, sample
 from lightbagel.model import LightBagel
 from lightbagel.recipe.schema import RecipeConfig
@@ -25,6 +27,18 @@ from lightbagel.training.export import RECIPE, export_model, load_exported, reso
 
 Sources = Union[None, Image.Image, Sequence[Image.Image]]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Job:
+    """One output image: prompt, sources' ViT and VAE copies, (width, height), task and sampler."""
+
+    prompt: str
+    vit: list[Image.Image]
+    vae: list[Image.Image]
+    size: tuple[int, int]
+    task: str
+    config: SamplerConfig
 
 
 @dataclass
@@ -59,56 +73,83 @@ class LightBagelPipeline:
     def image_size(self) -> int:
         return self.recipe.data.image_size
 
-    def default_config(self, **overrides) -> SamplerConfig:
-        """DESIGN.md's sampler defaults, with the shift the model was trained at."""
-        return replace(SamplerConfig(shift=self.recipe.objective.timestep_shift), **overrides)
+    @property
+    def policy(self) -> ResolutionPolicy:
+        """The recipe's training resolution rules, which size edit sources here too."""
+        res = self.recipe.data.resolution
+        return ResolutionPolicy(res, res.vae_multiple or vae_multiple_of(self.model.gen))
+
+    def default_config(self, task: str = "t2i", **overrides) -> SamplerConfig:
+        """BAGEL's sampler settings for `task` ("t2i" or "edit"), with the shift the model was trained at."""
+        return replace(SamplerConfig(shift=self.recipe.objective.timestep_shift, **TASK_DEFAULTS[task]), **overrides)
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], images: Sources | Sequence[Sources] = None,
                  height: Optional[int] = None, width: Optional[int] = None,
-                 config: Optional[SamplerConfig] = None, seed: int | Sequence[int] = 0,
+                 config: Union[None, SamplerConfig, dict] = None, seed: int | Sequence[int] = 0,
                  num_images_per_prompt: int = 1, progress: bool = False) -> PipelineOutput:
         """Text-to-image (no `images`) or editing (one or more source images per prompt).
 
-        One int `seed` gives image k the seed `seed + k`; or pass one seed per output image.
+        Size: `height` x `width` when given; else an edit follows its first source's bucket (the
+        training rules, aspect kept) and text-to-image is the recipe's square `image_size`.
+        `config`: one `SamplerConfig` for every image, or a dict of overrides on the per-task
+        defaults (`default_config`); None: those defaults. One int `seed` gives image k the seed
+        `seed + k`; or pass one seed per output image. Images of one size and task share a batch.
         """
         prompts, sources = _per_prompt(prompt, images)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         sources = [s for s in sources for _ in range(num_images_per_prompt)]
         seeds = [seed + k for k in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        height, width = self._size(height, width)
-        cfg = config or self.default_config()
-        cond = self.condition(prompts, sources, height, width)
-        factor = self.model.gen.vae.spatial_factor
-        shape = (len(prompts), self.model.gen.vae.latent_channels, height // factor, width // factor)
-        latents = sample(self.model, cond, shape, cfg, seeds, progress=progress)
-        decoded = self.model.gen.vae.decode(latents.to(self._dtype))
-        settings = {"prompts": prompts, "seeds": seeds, "height": height, "width": width,
-                    "num_sources": [len(s) for s in sources], **cfg.to_dict()}
-        return PipelineOutput([tensor_to_image(x) for x in decoded], settings)
+        jobs = [self.job(p, s, height, width, config) for p, s in zip(prompts, sources)]
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.size, job.task), []).append(i)
+        out: list[Image.Image] = [None] * len(jobs)  # type: ignore[list-item]
+        for rows in groups.values():
+            made = self._generate([jobs[i] for i in rows], [seeds[i] for i in rows], progress)
+            for i, image in zip(rows, made):
+                out[i] = image
+        settings = {"prompts": prompts, "seeds": seeds, "sizes": [list(j.size) for j in jobs],
+                    "num_sources": [len(s) for s in sources],
+                    "sampler": {j.task: j.config.to_dict() for j in jobs}}
+        return PipelineOutput(out, settings)
 
-    def condition(self, prompts: Sequence[str], sources: Sequence[list[Image.Image]], height: int,
-                  width: int) -> Conditioning:
-        """BAGEL's layout per prompt: each source as ViT tokens (and a clean VAE slot), then text."""
-        vit = self.recipe.data.vit_image_size
+    def job(self, prompt: str, sources: Sequence[Image.Image], height: Optional[int], width: Optional[int],
+            config: Union[None, SamplerConfig, dict] = None) -> "Job":
+        """One image to make: its prompt, its sources' ViT and VAE copies, its size and sampler."""
+        task = "edit" if sources else "t2i"
+        size = self._size(height, width, sources[0] if sources else None)
+        pixels = [self.policy.source_pixels(image, size) for image in sources]
+        if not isinstance(config, SamplerConfig):
+            config = self.default_config(task, **(config or {}))
+        return Job(prompt, [vit for vit, _ in pixels], [vae for _, vae in pixels], size, task, config)
+
+    def _generate(self, jobs: Sequence["Job"], seeds: Sequence[int], progress: bool) -> list[Image.Image]:
+        width, height = jobs[0].size
+        factor = self.model.gen.vae.spatial_factor
+        shape = (len(jobs), self.model.gen.vae.latent_channels, height // factor, width // factor)
+        latents = sample(self.model, self.condition(jobs), shape, jobs[0].config, seeds, progress=progress)
+        return [tensor_to_image(x) for x in self.model.gen.vae.decode(latents.to(self._dtype))]
+
+    def condition(self, jobs: Sequence["Job"]) -> Conditioning:
+        """Prompt tokens (sources' ViT copies, then the text) and clean source latents of one
+        same-size batch; the VAE split's order comes from the prompt (`fusion.edit_layout`)."""
         proc = self.model.und.processor
-        encoded: list[EncodedPrompt] = [
-            proc.encode([*(s.convert("RGB").resize((vit, vit), Image.BICUBIC) for s in srcs), text])
-            for text, srcs in zip(prompts, sources)
-        ]
+        encoded: list[EncodedPrompt] = [proc.prompt(j.prompt, j.vit) for j in jobs]
         und = proc.collate(encoded).to(self.device)
-        k = max(len(s) for s in sources)
+        k = max(len(j.vae) for j in jobs)
         if k == 0:
             return Conditioning(und)
-        pixels = torch.zeros(len(prompts), k, 3, height, width)
-        valid = torch.zeros(len(prompts), k, dtype=torch.bool)
-        order = torch.zeros(len(prompts), k, dtype=torch.long)
-        for i, (srcs, enc) in enumerate(zip(sources, encoded)):
-            for j, image in enumerate(srcs):
-                pixels[i, j] = image_to_tensor(image.convert("RGB").resize((width, height), Image.BICUBIC))
+        width, height = jobs[0].size
+        pixels = torch.zeros(len(jobs), k, 3, height, width)
+        valid = torch.zeros(len(jobs), k, dtype=torch.bool)
+        order = torch.zeros(len(jobs), k, dtype=torch.long)
+        for i, (job, enc) in enumerate(zip(jobs, encoded)):
+            for j, image in enumerate(job.vae):
+                pixels[i, j] = image_to_tensor(image)
                 valid[i, j], order[i, j] = True, enc.vae_orders[j]
         latents = self.model.gen.vae.encode(pixels.flatten(0, 1).to(self.device, self._dtype))
-        return Conditioning(und, latents.unflatten(0, (len(prompts), k)), valid.to(self.device), order.to(self.device))
+        return Conditioning(und, latents.unflatten(0, (len(jobs), k)), valid.to(self.device), order.to(self.device))
 
     def understand(self, question: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 32,
                    chat_template: bool = True) -> str:
@@ -119,27 +160,30 @@ class LightBagelPipeline:
     @torch.no_grad()
     def answer_tokens(self, question: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 32,
                       chat_template: bool = True) -> list[int]:
-        """The answer's token ids (greedy; transformers' `generate` on the VLM)."""
-        vit = self.recipe.data.vit_image_size
-        segments: list = ["<|im_start|>user\n"] if chat_template else []
-        segments += [im.convert("RGB").resize((vit, vit), Image.BICUBIC) for im in images]
-        segments.append(f"{question}<|im_end|>\n<|im_start|>assistant\n" if chat_template else question)
+        """The answer's token ids (greedy; transformers' `generate` on the VLM), up to the end of
+        the turn. With `chat_template` (and a tokenizer that has one) the question is a user turn."""
         proc = self.model.und.processor
-        und = proc.collate([proc.encode(segments)]).to(self.device)
+        vits = [self.policy.source_pixels(image)[0] for image in images]
+        prompt = proc.chat(question, vits) if chat_template else proc.encode([*vits, question])
+        und = proc.collate([prompt]).to(self.device)
+        stops = proc.stop_token_ids
         out = self.model.und.model.generate(
             input_ids=und.input_ids, attention_mask=und.attention_mask, pixel_values=und.pixel_values,
             image_grid_thw=und.image_grid_thw, mm_token_type_ids=und.mm_token_type_ids,
-            max_new_tokens=max_new_tokens, do_sample=False,
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=proc.pad_token_id,
         )
-        return out[0, und.input_ids.shape[1]:].tolist()
+        ids = out[0, und.input_ids.shape[1]:].tolist()
+        return ids[:-1] if ids and ids[-1] in stops else ids
 
-    def _size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
-        height, width = height or self.image_size, width or self.image_size
+    def _size(self, height: Optional[int], width: Optional[int], source: Optional[Image.Image]) -> tuple[int, int]:
+        """(width, height) of an output image; an unset side follows the source's bucket."""
+        bucket = self.policy.vae_size(source.size) if source is not None else (self.image_size, self.image_size)
+        width, height = width or bucket[0], height or bucket[1]
         _, ph, pw = self.model.gen.patch_size
         step = self.model.gen.vae.spatial_factor * max(ph, pw)
         if height % step or width % step:
             raise ValueError(f"height and width must be multiples of {step} for this model, got {height}x{width}")
-        return height, width
+        return width, height
 
     @property
     def _dtype(self) -> torch.dtype:

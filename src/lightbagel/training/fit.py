@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 
+from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import ShapesDataModule
 from lightbagel.data.monitor import DataMonitor
@@ -81,7 +82,7 @@ def fit(recipe: Recipe) -> FitResult:
     processor = module.model.und.processor
     gen = module.model.gen
     data = ShapesDataModule(cfg.data, processor, Path(cfg.data.root),
-                            vae_multiple=gen.vae.spatial_factor * gen.patch_size[1],
+                            vae_multiple=vae_multiple_of(gen),
                             batches_per_step=cfg.trainer.accumulate_grad_batches)
     logger = make_logger(recipe, out)
     history = LossHistory()
