@@ -112,3 +112,25 @@ def test_wan_card_config_must_match_the_checkpoint(wan_repo):
                             config={"num_layers": 30}, vae=VAEConfig(adapter="pixel"))
     with pytest.raises(ValueError, match="num_layers=30"):
         GENERATION.get(card.adapter)(card)
+
+
+def test_chat_prompts_follow_the_saved_chat_template(qwen_repo, tiny_recipe):
+    root, _ = qwen_repo
+    loaded = UNDERSTANDING.get("qwen2_5_vl")(_card(tiny_recipe.config.understanding, root, {}))
+    proc, tok = loaded.processor, loaded.processor.tokenizer
+    assert tok.chat_template  # saved beside the model and read back from the directory
+    question = "what color is the circle"
+    text_only = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    assert proc.chat(question).input_ids == list(text_only["input_ids"])
+    # With an image, the template's one <|image_pad|> stands for all of the image's ViT tokens.
+    image = Image.new("RGB", (32, 16), (200, 30, 30))
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    templated = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    prompt = proc.chat(question, [image])
+    n = int(prompt.image_grid_thw[0].prod()) // proc.merge_size**2
+    pad = proc.image_token_id
+    assert prompt.input_ids == [t for i in templated["input_ids"] for t in ([pad] * n if i == pad else [i])]
+    # Generation conditioning wraps the text as BAGEL does: <|im_start|> text <|im_end|>.
+    start, end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    plain = tok("make the circle green", add_special_tokens=False)["input_ids"]
+    assert proc.prompt("make the circle green").input_ids == [start, *plain, end]

@@ -76,3 +76,26 @@ def test_understand_is_greedy_decoding_of_the_vlm(pipe):
     logits = vlm(input_ids=und.input_ids, attention_mask=und.attention_mask, pixel_values=und.pixel_values,
                  image_grid_thw=und.image_grid_thw, mm_token_type_ids=und.mm_token_type_ids).logits
     assert ids[0] == int(logits[0, -1].argmax())
+
+
+class _ScriptedHead(torch.nn.Module):
+    """An LM head that answers a fixed token sequence, one token per decoding step."""
+
+    def __init__(self, vocab: int, script: list[int]):
+        super().__init__()
+        self.vocab, self.script, self.calls = vocab, script, 0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*hidden.shape[:-1], self.vocab)
+        logits[..., self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        return logits
+
+
+def test_chat_stops_at_the_end_of_the_turn(pipe, monkeypatch):
+    tok, vlm = pipe.model.und.processor.tokenizer, pipe.model.und.model
+    script = tok.convert_tokens_to_ids(["red", "<|im_end|>", "blue", "blue"])
+    monkeypatch.setattr(vlm, "lm_head", _ScriptedHead(vlm.config.text_config.vocab_size, script))
+    assert pipe.answer_tokens("what color is the circle", max_new_tokens=4) == script[:1]
+    vlm.lm_head.calls = 0
+    assert pipe.understand("what color is the circle", max_new_tokens=4) == "red"

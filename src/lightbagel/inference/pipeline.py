@@ -167,10 +167,11 @@ class LightBagelPipeline:
         prompt = proc.chat(question, vits) if chat_template else proc.encode([*vits, question])
         und = proc.collate([prompt]).to(self.device)
         stops = proc.stop_token_ids
+        images_in = dict(pixel_values=und.pixel_values, image_grid_thw=und.image_grid_thw)
         out = self.model.und.model.generate(
-            input_ids=und.input_ids, attention_mask=und.attention_mask, pixel_values=und.pixel_values,
-            image_grid_thw=und.image_grid_thw, mm_token_type_ids=und.mm_token_type_ids,
+            input_ids=und.input_ids, attention_mask=und.attention_mask, mm_token_type_ids=und.mm_token_type_ids,
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=proc.pad_token_id,
+            **{k: v for k, v in images_in.items() if v is not None},  # a text-only question has no pixels
         )
         ids = out[0, und.input_ids.shape[1]:].tolist()
         return ids[:-1] if ids and ids[-1] in stops else ids
