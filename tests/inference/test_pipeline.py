@@ -57,6 +57,11 @@ def test_num_images_per_prompt_and_seeds(pipe):
     assert list(out.images[0].getdata()) != list(out.images[1].getdata())
 
 
+def test_one_seed_per_image(pipe):
+    with pytest.raises(ValueError, match="one seed per image: 2 seeds for 1 images"):
+        pipe("a red circle", config=FAST, seed=[1, 2])
+
+
 def test_size_must_fit_the_patch_grid(pipe):
     with pytest.raises(ValueError, match="multiples of 4"):  # pixel autoencoder 4 x DiT patch 1
         pipe("a red circle", height=34, config=FAST)

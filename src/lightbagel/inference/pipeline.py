@@ -100,6 +100,8 @@ class LightBagelPipeline:
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         sources = [s for s in sources for _ in range(num_images_per_prompt)]
         seeds = [seed + k for k in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(prompts)} images")
         jobs = [self.job(p, s, height, width, config) for p, s in zip(prompts, sources)]
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
