@@ -66,7 +66,7 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
         seeds = [args.seed + start + i for i in range(len(chunk))]
         result = pipe([j[0] for j in chunk], images=[j[1] for j in chunk], height=args.size, width=args.size,
                       config=cfg, seed=seeds, progress=True)
-        for i, (image, (prompt, srcs, k)) in enumerate(zip(result.images, chunk)):
+        for i, (image, (prompt, srcs, _)) in enumerate(zip(result.images, chunk)):
             path = out / f"{start + i:05d}.png"
             image.save(path)
             written.append(path)

@@ -89,8 +89,13 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
                 checkpoint_module(module)  # hook-based: no wrapper, state-dict keys unchanged
     if mesh is None:
         return model
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-    from torch.distributed.fsdp import register_fsdp_forward_method
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     kwargs = {
         "mesh": mesh,
