@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 
 from lightbagel.data.collate import Collator
-from lightbagel.data.datamodule import ShapesDataModule
+from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
@@ -80,9 +80,9 @@ def fit(recipe: Recipe) -> FitResult:
     module = LightBagelModule(cfg)
     processor = module.model.und.processor
     gen = module.model.gen
-    data = ShapesDataModule(cfg.data, processor, Path(cfg.data.root),
-                            vae_multiple=gen.vae.spatial_factor * gen.patch_size[1],
-                            batches_per_step=cfg.trainer.accumulate_grad_batches)
+    data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
+                             vae_multiple=gen.vae.spatial_factor * gen.patch_size[1],
+                             batches_per_step=cfg.trainer.accumulate_grad_batches)
     logger = make_logger(recipe, out)
     history = LossHistory()
     tr = cfg.trainer
