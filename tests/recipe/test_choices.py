@@ -23,8 +23,8 @@ DISPATCH = {
     "objective.edit_condition": EDIT_HIDES,
     "trainer.precision": PRECISION_BYTES,
 }
-# Closed sets no table dispatches on: dtypes (torch dtype tables in the adapters), the single
-# cross-attention mode, and data.source (shapes or not).
+# Closed sets not held to one table here: the dtype names (their torch tables are still one per
+# adapter), the single cross-attention mode, and data.source (shapes or not).
 NO_TABLE = {"understanding.dtype", "generation.dtype", "generation.cross_attention", "data.source"}
 
 
