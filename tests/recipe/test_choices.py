@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from lightbagel import registry
+from lightbagel.cli import eval as eval_cli
+from lightbagel.cli import generate
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
+from lightbagel.inference.sampler import RENORM_DIMS
 from lightbagel.inputs import EDIT_HIDES
 from lightbagel.planning.memory import PRECISION_BYTES
 from lightbagel.recipe import CHOICES, RecipeError, load_recipe
@@ -64,3 +68,12 @@ def test_cross_attention_keep_is_not_offered() -> None:
     assert error_of(["generation.cross_attention=keep"]) == (
         "command line: generation.cross_attention: unknown value 'keep'; allowed: skip"
     )
+
+
+@pytest.mark.parametrize("main", [generate.generate_main, generate.edit_main, eval_cli.main])
+def test_cli_renorm_choices_equal_the_sampler_table(main, capsys: pytest.CaptureFixture) -> None:
+    # The CLIs list the modes themselves so that `--help` needs no torch import.
+    with pytest.raises(SystemExit):
+        main(["--renorm", "bogus"])
+    listed = re.search(r"choose from (.*)\)", capsys.readouterr().err)
+    assert listed is not None and sorted(re.findall(r"\w+", listed.group(1))) == sorted(RENORM_DIMS)

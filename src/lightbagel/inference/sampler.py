@@ -22,7 +22,9 @@ from lightbagel.inputs import EDIT_HIDES, TARGET_ORDER, TEXT, VIT, GenInputs, Un
 from lightbagel.model import LightBagel, UndCache
 from lightbagel.training.flow_matching import sampling_times
 
-RENORM = (None, "global", "channel")
+# renorm mode -> the dims of a (B, C, ...) velocity its norm is taken over (see SamplerConfig.renorm);
+# the CLIs' --renorm choices are checked against it (tests/recipe/test_choices.py).
+RENORM_DIMS = {"global": (1, 2, 3), "channel": (1,)}
 
 
 @dataclass
@@ -52,8 +54,8 @@ class SamplerConfig:
         lo, hi = self.guidance_interval
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1, got {self.guidance_interval}")
-        if self.renorm not in RENORM:
-            raise ValueError(f"renorm must be one of {RENORM}, got {self.renorm!r}")
+        if self.renorm is not None and self.renorm not in RENORM_DIMS:
+            raise ValueError(f"renorm must be None or one of {', '.join(RENORM_DIMS)}, got {self.renorm!r}")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -214,7 +216,7 @@ def guide(v: torch.Tensor, cfg: SamplerConfig, text: bool, image: bool, image_sc
 
 
 def _renorm(guided: torch.Tensor, cond: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
-    dims = (1, 2, 3) if cfg.renorm == "global" else (1,)
+    dims = RENORM_DIMS[cfg.renorm]
     norm = lambda v: torch.linalg.vector_norm(v, dim=dims, keepdim=True)  # noqa: E731
     ratio = norm(cond) / (norm(guided) + 1e-8)
     return guided * ratio.clamp(min=cfg.renorm_min, max=1.0)
