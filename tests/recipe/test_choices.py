@@ -77,3 +77,11 @@ def test_cli_renorm_choices_equal_the_sampler_table(main, capsys: pytest.Capture
         main(["--renorm", "bogus"])
     listed = re.search(r"choose from (.*)\)", capsys.readouterr().err)
     assert listed is not None and sorted(re.findall(r"\w+", listed.group(1))) == sorted(RENORM_DIMS)
+
+
+def test_a_source_task_names_a_sample_parser() -> None:
+    source = "data.sources=[{name: mine, urls: [x.tar], task: %s}]"
+    assert load_recipe(TINY, [source % "in_context"]).config.data.sources[0].task == "in_context"
+    assert error_of([source % "tti"]) == (
+        "command line: data.sources[0].task: unknown task 'tti'; allowed: t2i, edit, und, in_context"
+    )

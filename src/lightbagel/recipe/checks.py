@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightbagel import registry
+from lightbagel.data.samples import TASKS
 from lightbagel.recipe.messages import Origins, RecipeError, first_line
 from lightbagel.recipe.schema import CHOICES
 
@@ -61,6 +62,15 @@ def check_values(cfg: DictConfig, origins: Origins) -> None:
         if value not in allowed:
             listed = ", ".join(allowed) or "(none registered)"
             raise RecipeError(f"{origins.of(key)}: {key}: unknown {label} {value!r}; allowed: {listed}")
+    _check_source_tasks(cfg, origins)
+
+
+def _check_source_tasks(cfg: DictConfig, origins: Origins) -> None:
+    """A source's default task names a sample parser (data/samples.py); a typo would skip every sample."""
+    for i, source in enumerate(cfg.data.sources):
+        if source.task not in TASKS:
+            key = f"data.sources[{i}].task"
+            raise RecipeError(f"{origins.of(key)}: {key}: unknown task {source.task!r}; allowed: {', '.join(TASKS)}")
 
 
 def allowed_values(key: str) -> tuple[str, Sequence[str]]:
