@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightbagel.inputs import TARGET_ORDER, GenInputs, gen_inputs
+from lightbagel.inputs import GenInputs, gen_inputs
 
 
 def _t2i_gen(batch: int, seed: int = 0) -> GenInputs:

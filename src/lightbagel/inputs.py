@@ -14,6 +14,9 @@ import torch
 PAD, TEXT, VIT = 0, 1, 2
 # Orders are logical positions for the generalized causal mask; the noisy target sits last.
 TARGET_ORDER = 1 << 30
+# objective.edit_condition -> the encoders of an edit's source image it always hides ("vit", "vae"):
+# the paper's "double fusion" ablation (see ObjectiveConfig); training and sampling both read this.
+EDIT_HIDES = {"both": frozenset(), "vit": frozenset({"vae"}), "vae": frozenset({"vit"})}
 
 
 @dataclass

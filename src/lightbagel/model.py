@@ -12,6 +12,7 @@ from torch import nn
 from lightbagel.backbones.generation.base import GenerationAdapter
 from lightbagel.backbones.understanding.base import UnderstandingAdapter
 from lightbagel.fusion import StreamSpec, causal_mask, generalized_causal_mask, vlm_depth_schedule
+from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.inputs import GenInputs, UndInputs
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
@@ -125,7 +126,7 @@ def fusion_geometry(cfg: FusionConfig, und: UnderstandingAdapter, gen: Generatio
     head_dim = cfg.head_dim or und.head_dim
     # A tower without rotary embeddings (`has_rotary = False`, e.g. SD3) rotates nothing, at any width.
     gen_dim = gen.head_dim if getattr(gen, "has_rotary", True) else head_dim
-    if cfg.positional == "per_stream" and not head_dim == und.head_dim == gen_dim:
+    if PER_STREAM_ROTARY[cfg.positional] and not head_dim == und.head_dim == gen_dim:
         raise ValueError(
             f"fusion.head_dim {head_dim} must equal the VLM's ({und.head_dim}) and the DiT's "
             f"({gen.head_dim}) head dim for per-stream rotary embeddings; set fusion.positional: none"

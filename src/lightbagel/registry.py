@@ -1,7 +1,8 @@
 """A small name -> builder registry per component kind.
 
 Adapters register themselves where they are defined, so adding a backbone is one file plus one
-card and the core never grows `if name == ...` chains.
+card and the core never grows `if name == ...` chains. Each registry is the one list of the names a
+recipe may use for its key (recipe/checks.py `REGISTRY_KEYS` validates against it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _BUILTIN_MODULES = (
     "lightbagel.backbones.understanding",
     "lightbagel.backbones.generation",
     "lightbagel.fusion",
+    "lightbagel.training.strategy",
 )
 
 
@@ -61,3 +63,4 @@ UNDERSTANDING: Registry = Registry("understanding adapter")
 GENERATION: Registry = Registry("generation adapter")
 VAE: Registry = Registry("vae adapter")
 FUSION: Registry = Registry("fusion block")
+STRATEGY: Registry = Registry("trainer strategy")

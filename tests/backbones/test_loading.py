@@ -95,7 +95,8 @@ def test_wan_diffusers_layout_loads_through_the_card_path(wan_repo):
     assert not any(p.requires_grad for p in adapter.vae.parameters())
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 8, 1, 4, 4, generator=g)
-    call = dict(hidden_states=latents, timestep=torch.tensor([500]), encoder_hidden_states=torch.randn(1, 3, 32, generator=g))
+    text = torch.randn(1, 3, 32, generator=g)
+    call = dict(hidden_states=latents, timestep=torch.tensor([500]), encoder_hidden_states=text)
     images = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
     for name, tensor in dit.state_dict().items():  # every weight arrives bit for bit
         assert torch.equal(adapter.dit.state_dict()[name], tensor), name

@@ -51,8 +51,8 @@ def test_bad_jsonl_is_a_one_line_error(tmp_path, capsys):
 
 def test_inspect_the_tiny_recipe(tmp_path, capsys):
     grid = tmp_path / "grid.png"
-    args = ["inspect", str(Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"), f"data.root={tmp_path / 'shapes'}", "data.num_samples=40",
-            "--grid", str(grid)]
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
+    args = ["inspect", str(recipe), f"data.root={tmp_path / 'shapes'}", "data.num_samples=40", "--grid", str(grid)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "shapes: weight 1" in out and "skipped none" in out and "tokens per sample" in out

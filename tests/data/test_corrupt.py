@@ -57,7 +57,8 @@ def test_each_kind_of_bad_input_is_skipped_and_counted(corrupt_source):
     # Shards are counted when read, samples when drawn (shard order changes per pass): at most
     # once per pass each, give or take the pass under way.
     passes = counts["unreadable_shard"]
-    assert all(counts[r] <= passes + 1 for r in ("decode", "missing_key", "oversize", "bad_task", "truncated_shard")), counts
+    reasons = ("decode", "missing_key", "oversize", "bad_task", "truncated_shard")
+    assert all(counts[r] <= passes + 1 for r in reasons), counts
 
 
 def test_a_source_with_no_readable_sample_is_a_clear_error(tmp_path):

@@ -3,12 +3,11 @@ import math
 
 import pytest
 import torch
+from mixture_helpers import make_plan
 
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset
 from lightbagel.recipe.schema import SourceConfig, StageConfig
-
-from mixture_helpers import make_plan
 
 
 def batches(plan, n: int, workers: int = 0):

@@ -171,8 +171,10 @@ def test_euler_reaches_the_data_under_the_exact_velocity(tiny_model, make_batch,
         return torch.cat([torch.zeros_like(tokens)] * (n_slots - 1) + [tokens], dim=1)
 
     monkeypatch.setattr(type(tiny_model), "forward", lambda self, und, g: type("O", (), {"velocity": exact(g)}))
-    monkeypatch.setattr(type(tiny_model), "forward_with_cache",
-                        lambda self, und, g: (type("O", (), {"velocity": exact(g)}), UndCache([], und.order, und.valid)))
+    def with_cache(self, und, g):
+        return type("O", (), {"velocity": exact(g)}), UndCache([], und.order, und.valid)
+
+    monkeypatch.setattr(type(tiny_model), "forward_with_cache", with_cache)
     monkeypatch.setattr(type(tiny_model), "forward_generation", lambda self, g, cache: exact(g))
     for cfg in (SamplerConfig(steps=4, shift=3.0), SamplerConfig(steps=7, shift=1.0, use_cache=False)):
         out = sample(tiny_model, cond, (2, 48, 8, 8), cfg, [0, 1])

@@ -40,7 +40,8 @@ def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         "UNDERSTANDING": ("understanding adapter", ["und_a", "und_b"]),
         "GENERATION": ("generation adapter", ["gen_a"]),
         "VAE": ("vae adapter", ["vae_a"]),
-        "FUSION": ("fusion block", []),
+        "FUSION": ("fusion block", ["double_fusion"]),
+        "STRATEGY": ("trainer strategy", ["auto", "ddp"]),
     }
     for attr, (kind, allowed) in names.items():
         reg: registry.Registry = registry.Registry(kind)
@@ -251,14 +252,15 @@ def test_unknown_adapter_names_the_file_that_set_it(tree: Path) -> None:
     )
 
 
-def test_fusion_block_uses_registry_once_populated(tree: Path) -> None:
-    assert "allowed: double_fusion" in error_of(tree / "recipes/base.yaml", ["fusion.block=x"])
-    registry.FUSION.register("other_block")(lambda: None)
-    message = error_of(tree / "recipes/base.yaml")
-    assert message.startswith(
-        "components/fusion/f.yaml: fusion.block: unknown fusion block 'double_fusion'"
+def test_fusion_block_and_strategy_use_their_registries(tree: Path) -> None:
+    assert error_of(tree / "recipes/base.yaml", ["fusion.block=x"]) == (
+        "command line: fusion.block: unknown fusion block 'x'; allowed: double_fusion"
     )
-    assert message.endswith("allowed: other_block")
+    registry.FUSION.register("other_block")(lambda: None)
+    assert load_recipe(tree / "recipes/base.yaml", ["fusion.block=other_block"]).config.fusion.block == "other_block"
+    assert error_of(tree / "recipes/base.yaml", ["trainer.strategy=fsdp"]) == (
+        "command line: trainer.strategy: unknown trainer strategy 'fsdp'; allowed: auto, ddp"
+    )
 
 
 def test_closed_choices_and_ranges(tree: Path) -> None:

@@ -63,7 +63,8 @@ def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
     from lightbagel.evaluation.heldout import heldout_loss
 
     data = pipe.recipe.data
-    metrics.update({f"synthetic/{k}": v for k, v in heldout_loss(pipe.model, data.image_size, data.vit_image_size).items()})
+    losses = heldout_loss(pipe.model, data.image_size, data.vit_image_size)
+    metrics.update({f"synthetic/{k}": v for k, v in losses.items()})
     sections = ["## Synthetic shapes world (exact scores)", report.to_markdown()]
     t2i = [(it, im) for it, im in report.images if it.category != EDIT]
     if args.fid_feature:

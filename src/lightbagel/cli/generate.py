@@ -71,7 +71,7 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
         result = pipe([j[0] for j in chunk], images=[j[1] for j in chunk], height=args.size, width=args.size,
                       config=cfg, seed=seeds, progress=True)
         samplers.update(result.settings["sampler"])
-        for i, (image, (prompt, srcs, k)) in enumerate(zip(result.images, chunk)):
+        for i, (image, (prompt, srcs, _)) in enumerate(zip(result.images, chunk)):
             path = out / f"{start + i:05d}.png"
             image.save(path)
             written.append(path)

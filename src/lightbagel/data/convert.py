@@ -124,8 +124,8 @@ def histogram(values: list[int], bins: int = 10, width: int = 40) -> str:
     step = max(1, -(-(high - low + 1) // bins))
     counts = Counter((v - low) // step for v in values)
     top = max(counts.values())
-    return "\n".join(f"{low + b * step:>7}-{low + (b + 1) * step - 1:<7} {'#' * max(1, counts[b] * width // top)} {counts[b]}"
-                     for b in sorted(counts))
+    bar = {b: "#" * max(1, counts[b] * width // top) for b in counts}
+    return "\n".join(f"{low + b * step:>7}-{low + (b + 1) * step - 1:<7} {bar[b]} {counts[b]}" for b in sorted(counts))
 
 
 def sample_grid(records: list[dict], side: int = 128) -> Image.Image:

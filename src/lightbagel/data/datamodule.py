@@ -162,5 +162,3 @@ class MixtureDataModule(L.LightningDataModule):
         self.roles = {r: s for r, s in enumerate(mine["roles"]) if s is not None}
         self._update_skipped(warn=False)
 
-
-ShapesDataModule = MixtureDataModule  # the name training/fit.py has always used

@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 from PIL import Image
 
-TASKS = ("t2i", "edit", "und", "in_context")
 TRAINABLE = ("t2i", "edit")
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 MAX_IMAGES = 16  # numbered images per sample that the parser looks for
@@ -150,6 +149,7 @@ def _und(sample: dict, max_pixels: int) -> dict:
 PARSERS: dict[str, Callable[[dict, int], dict]] = {
     "t2i": _t2i, "edit": _edit, "und": _und, "in_context": _in_context,
 }
+TASKS = tuple(PARSERS)  # the task names a sample or a data source may give
 
 
 def to_record(sample: dict[str, Any], default_task: str, max_pixels: int) -> dict:

@@ -88,8 +88,8 @@ def dpg_jobs(prompts_dir: Path, out: Path, samples: int = 4) -> list[Job]:
     if not files:
         raise ValueError(f"{prompts_dir}: no <id>.txt prompt files (DPG-Bench's prompts/ folder)")
     parts = out / "samples"
-    return [Job(f.read_text().strip(), [parts / f"{f.stem}_{k}.png" for k in range(samples)], grid=out / f"{f.stem}.png")
-            for f in files]
+    return [Job(f.read_text().strip(), [parts / f"{f.stem}_{k}.png" for k in range(samples)],
+                grid=out / f"{f.stem}.png") for f in files]
 
 
 def _open_image(value, base: Path) -> Image.Image:

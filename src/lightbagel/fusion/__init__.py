@@ -5,4 +5,6 @@ from lightbagel.fusion.mask import causal_mask, generalized_causal_mask
 from lightbagel.fusion.none import NoFusionBlock
 from lightbagel.fusion.pairing import vlm_depth_schedule
 
-__all__ = ["DoubleFusionBlock", "NoFusionBlock", "StreamSpec", "causal_mask", "generalized_causal_mask", "vlm_depth_schedule"]
+__all__ = [
+    "DoubleFusionBlock", "NoFusionBlock", "StreamSpec", "causal_mask", "generalized_causal_mask", "vlm_depth_schedule",
+]

@@ -19,6 +19,8 @@ from lightbagel.recipe.schema import FusionConfig
 from lightbagel.registry import FUSION
 
 Rotate = Callable[[torch.Tensor, object], torch.Tensor]
+# fusion.positional -> whether each stream rotates its own Q/K with its own rotary embedding.
+PER_STREAM_ROTARY = {"per_stream": True, "none": False}
 
 
 @dataclass
@@ -32,18 +34,19 @@ class StreamSpec:
 class StreamAttention(nn.Module):
     """One stream's side of the joint attention: norm, Q/K/V in, O out (zero-initialised)."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, cfg: FusionConfig, with_query: bool):
+    def __init__(self, dim: int, heads: int, head_dim: int, with_query: bool, qk_norm: bool = True,
+                 zero_init: bool = True, eps: float = 1e-6):
         super().__init__()
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
-        self.norm = nn.RMSNorm(dim, eps=cfg.eps)
+        self.norm = nn.RMSNorm(dim, eps=eps)
         self.to_q = nn.Linear(dim, inner) if with_query else None
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
         self.to_out = nn.Linear(inner, dim) if with_query else None
-        self.norm_q = nn.RMSNorm(head_dim, eps=cfg.eps) if cfg.qk_norm and with_query else None
-        self.norm_k = nn.RMSNorm(head_dim, eps=cfg.eps) if cfg.qk_norm else None
-        if self.to_out is not None and cfg.zero_init:
+        self.norm_q = nn.RMSNorm(head_dim, eps=eps) if qk_norm and with_query else None
+        self.norm_k = nn.RMSNorm(head_dim, eps=eps) if qk_norm else None
+        if self.to_out is not None and zero_init:
             nn.init.zeros_(self.to_out.weight)
             nn.init.zeros_(self.to_out.bias)
 
@@ -68,13 +71,14 @@ class StreamAttention(nn.Module):
 class DoubleFusionBlock(nn.Module):
     """Joint attention over [und tokens; gen tokens] under the generalized causal mask."""
 
-    def __init__(self, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, cfg: FusionConfig):
+    def __init__(self, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, und_writeback: bool = True,
+                 per_stream_rope: bool = True, qk_norm: bool = True, zero_init: bool = True, eps: float = 1e-6):
         super().__init__()
-        self.und_writeback = cfg.und_writeback
-        self.per_stream_rope = cfg.positional == "per_stream"
+        self.und_writeback, self.per_stream_rope = und_writeback, per_stream_rope
+        norms = dict(qk_norm=qk_norm, zero_init=zero_init, eps=eps)
         self.und_rotate, self.gen_rotate = und.rotate, gen.rotate
-        self.und = StreamAttention(und.hidden_size, heads, head_dim, cfg, with_query=cfg.und_writeback)
-        self.gen = StreamAttention(gen.hidden_size, heads, head_dim, cfg, with_query=True)
+        self.und = StreamAttention(und.hidden_size, heads, head_dim, with_query=und_writeback, **norms)
+        self.gen = StreamAttention(gen.hidden_size, heads, head_dim, with_query=True, **norms)
 
     def und_keys_values(self, h_und: torch.Tensor, rope_und) -> tuple:
         """The understanding side's K/V: noise-free, so inference computes it once per prompt."""
@@ -122,4 +126,6 @@ def _attend(q, k, v, mask) -> torch.Tensor:
 
 @FUSION.register("double_fusion")
 def build_double_fusion(cfg: FusionConfig, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, depth: int):
-    return nn.ModuleList(DoubleFusionBlock(und, gen, heads, head_dim, cfg) for _ in range(depth))
+    kwargs = dict(und_writeback=cfg.und_writeback, per_stream_rope=PER_STREAM_ROTARY[cfg.positional],
+                  qk_norm=cfg.qk_norm, zero_init=cfg.zero_init, eps=cfg.eps)
+    return nn.ModuleList(DoubleFusionBlock(und, gen, heads, head_dim, **kwargs) for _ in range(depth))

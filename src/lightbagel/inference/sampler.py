@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lightbagel.inference.guidance import RENORM, guide
-from lightbagel.inputs import TARGET_ORDER, TEXT, VIT, GenInputs, UndInputs, gen_inputs
+from lightbagel.inputs import EDIT_HIDES, TARGET_ORDER, TEXT, VIT, GenInputs, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, UndCache
 from lightbagel.training.flow_matching import sampling_times
 
@@ -114,10 +114,11 @@ def without_images(cond: Conditioning) -> Conditioning:
 
 def restrict_edit(cond: Conditioning, edit_condition: str) -> Conditioning:
     """Hides the source encoder an `objective.edit_condition` ablation never trained with."""
-    if edit_condition == "vae":
-        return replace(cond, und=_hide(cond.und, VIT))
-    if edit_condition == "vit" and cond.source_valid is not None:
-        return replace(cond, source_valid=torch.zeros_like(cond.source_valid))
+    hides = EDIT_HIDES[edit_condition]
+    if "vit" in hides:
+        cond = replace(cond, und=_hide(cond.und, VIT))
+    if "vae" in hides and cond.source_valid is not None:
+        cond = replace(cond, source_valid=torch.zeros_like(cond.source_valid))
     return cond
 
 

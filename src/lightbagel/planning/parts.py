@@ -76,6 +76,6 @@ def model_parts(model: LightBagel) -> list[Part]:
 
 def fusion_split(model: LightBagel) -> tuple[int, int]:
     """Fusion weights on the und side and on the gen side (each stream's norms and projections)."""
-    und = _numel(_params(getattr(blk, "und") for blk in model.fusion if hasattr(blk, "und")))
-    gen = _numel(_params(getattr(blk, "gen") for blk in model.fusion if hasattr(blk, "gen")))
+    und = _numel(_params(blk.und for blk in model.fusion if hasattr(blk, "und")))
+    gen = _numel(_params(blk.gen for blk in model.fusion if hasattr(blk, "gen")))
     return und, gen

@@ -42,7 +42,7 @@ def flops_table(plan: Plan) -> list[str]:
              f"{r.with_checkpointing / 1e12:,.1f}"] for r in plan.flops]
     fwd, bwd = sum(r.forward for r in plan.flops), sum(r.backward for r in plan.flops)
     ckpt = sum(r.with_checkpointing for r in plan.flops)
-    rows.append(["total", f"{fwd / 1e12:,.1f}", f"{bwd / 1e12:,.1f}", f"{(fwd + bwd) / 1e12:,.1f}", f"{ckpt / 1e12:,.1f}"])
+    rows.append(["total", *(f"{x / 1e12:,.1f}" for x in (fwd, bwd, fwd + bwd, ckpt))])
     return _table(["TFLOPs / packed sequence", "forward", "backward", "fwd+bwd", "with act. ckpt"], rows)
 
 

@@ -11,20 +11,21 @@ from typing import Any, Dict, List, Optional, Tuple
 
 KINDS = ("understanding", "generation", "fusion", "data", "trainer")
 
-# Closed sets of values, checked after merging (recipe/compose.py). Adapter names are checked
-# against the registries instead; `fusion.block` falls back to this list while none is registered.
+# Closed sets of values, checked after merging (recipe/checks.py). Names that select code
+# (adapters, fusion blocks, strategies) are not here: their registries (registry.py) are their one
+# list. tests/recipe/test_choices.py checks each set below against the table the code reads it with.
 _DTYPES = ("float32", "bfloat16", "float16")
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "understanding.dtype": _DTYPES,
     "generation.dtype": _DTYPES,
-    "generation.cross_attention": ("skip", "keep"),
-    "fusion.block": ("double_fusion",),
+    # No "keep": the DiT's text cross-attention needs its text encoder (umT5, T5), which is never
+    # loaded; text reaches the DiT through the fusion blocks only (docs/full_size.md).
+    "generation.cross_attention": ("skip",),
     "fusion.positional": ("per_stream", "none"),
     "fusion.edit_layout": ("vae_first", "vit_first"),
     "objective.edit_condition": ("both", "vit", "vae"),
     "data.source": ("shapes", "webdataset"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
-    "trainer.strategy": ("auto", "fsdp2", "ddp"),
 }
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.collate import Collator
-from lightbagel.data.datamodule import ShapesDataModule
+from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
@@ -81,9 +81,9 @@ def fit(recipe: Recipe) -> FitResult:
     module = LightBagelModule(cfg)
     processor = module.model.und.processor
     gen = module.model.gen
-    data = ShapesDataModule(cfg.data, processor, Path(cfg.data.root),
-                            vae_multiple=vae_multiple_of(gen),
-                            batches_per_step=cfg.trainer.accumulate_grad_batches)
+    data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
+                             vae_multiple=vae_multiple_of(gen),
+                             batches_per_step=cfg.trainer.accumulate_grad_batches)
     logger = make_logger(recipe, out)
     history = LossHistory()
     tr = cfg.trainer

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from lightbagel.data.collate import TrainBatch
-from lightbagel.inputs import TEXT, VIT, UndInputs, gen_inputs
+from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, build_model
 from lightbagel.recipe.schema import ObjectiveConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
@@ -165,8 +165,9 @@ def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig,
         uniform = torch.stack([torch.rand(n, device=device) for _ in range(3)], dim=1)
     drop_text = uniform[:, 0] < obj.text_dropout
     # An edit_condition ablation hides one encoder of the source always (see ObjectiveConfig).
-    drop_vit = (uniform[:, 1] < obj.vit_dropout) | (obj.edit_condition == "vae")
-    drop_vae = (uniform[:, 2] < obj.vae_dropout) | (obj.edit_condition == "vit")
+    hides = EDIT_HIDES[obj.edit_condition]
+    drop_vit = (uniform[:, 1] < obj.vit_dropout) | ("vit" in hides)
+    drop_vae = (uniform[:, 2] < obj.vae_dropout) | ("vae" in hides)
     seg = batch.und.segment
     keep = ~((seg == TEXT) & drop_text[:, None]) & ~((seg == VIT) & drop_vit[:, None])
     return replace(batch.und, keep=keep), batch.has_source & ~drop_vae

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_module
 from torch.utils.checkpoint import checkpoint as checkpoint_call
@@ -36,6 +37,21 @@ class BlockUnits:
 
 
 BLOCK_UNITS: Registry = Registry("block layout")
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Every rank of every node shards the model (pure FSDP: data parallel, no tensor parallel).
+
+    ModelParallelStrategy's "auto" sizes give tensor parallelism inside a node; LightBagel's
+    blocks are not tensor-parallelised, so the whole world is one data-parallel dimension.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=True, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
 
 
 @BLOCK_UNITS.register("qwen2_5_vl")
@@ -89,8 +105,13 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
                 checkpoint_module(module)  # hook-based: no wrapper, state-dict keys unchanged
     if mesh is None:
         return model
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-    from torch.distributed.fsdp import register_fsdp_forward_method
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     kwargs = {
         "mesh": mesh,

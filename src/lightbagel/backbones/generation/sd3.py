@@ -116,8 +116,6 @@ def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
 
 @GENERATION.register("sd3")
 def build_sd3(cfg: GenerationConfig) -> SD3Adapter:
-    if cfg.cross_attention != "skip":
-        raise ValueError(f"generation.cross_attention {cfg.cross_attention!r} is not supported; allowed: skip")
     dit = load_diffusers_model(SD3Transformer2DModel, cfg, _DTYPES[cfg.dtype])
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)

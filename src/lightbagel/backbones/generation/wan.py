@@ -100,8 +100,6 @@ class WanAdapter(GenerationAdapter):
 
 @GENERATION.register("wan")
 def build_wan(cfg: GenerationConfig) -> WanAdapter:
-    if cfg.cross_attention != "skip":
-        raise ValueError(f"generation.cross_attention {cfg.cross_attention!r} is not supported; allowed: skip")
     dit = load_diffusers_model(WanTransformer3DModel, cfg, _DTYPES[cfg.dtype])
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)

@@ -1,0 +1,81 @@
+"""Checks of a merged recipe: interpolations resolve, values lie in range, names are allowed."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightbagel import registry
+from lightbagel.data.samples import TASKS
+from lightbagel.recipe.messages import Origins, RecipeError, first_line
+from lightbagel.recipe.schema import CHOICES
+
+# Keys that name code: the registry the code dispatches on is their one list of allowed names.
+# Looked up on the module at call time so tests can swap a registry in.
+REGISTRY_KEYS = {
+    "understanding.adapter": "UNDERSTANDING",
+    "generation.adapter": "GENERATION",
+    "generation.vae.adapter": "VAE",
+    "fusion.block": "FUSION",
+    "trainer.strategy": "STRATEGY",
+}
+_UNIT = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+_POSITIVE = ("> 0", lambda v: v > 0)
+_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "objective.text_dropout": _UNIT,
+    "objective.vae_dropout": _UNIT,
+    "objective.vit_dropout": _UNIT,
+    "fusion.depth_offset": _UNIT,
+    "objective.timestep_shift": _POSITIVE,
+    "trainer.max_steps": _POSITIVE,
+    "data.batch_size": _POSITIVE,
+}
+
+
+def resolve(cfg: DictConfig, origins: Origins) -> DictConfig:
+    resolved = copy.deepcopy(cfg)
+    try:
+        OmegaConf.resolve(resolved)  # resolves in place; fails on the first bad interpolation
+        missing = sorted(OmegaConf.missing_keys(resolved))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        msg = first_line(getattr(exc, "msg", None) or str(exc))
+        raise RecipeError(f"{origins.of(key)}: {key}: {msg}") from None
+    if missing:
+        raise RecipeError(f"{origins.of(missing[0])}: {missing[0]}: no value (???); set it in the card")
+    return resolved
+
+
+def check_values(cfg: DictConfig, origins: Origins) -> None:
+    for key, (wanted, ok) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
+    # Closed sets before registries: registry lookups import the adapter modules.
+    for key in [*CHOICES, *REGISTRY_KEYS]:
+        label, allowed = allowed_values(key)
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            listed = ", ".join(allowed) or "(none registered)"
+            raise RecipeError(f"{origins.of(key)}: {key}: unknown {label} {value!r}; allowed: {listed}")
+    _check_source_tasks(cfg, origins)
+
+
+def _check_source_tasks(cfg: DictConfig, origins: Origins) -> None:
+    """A source's default task names a sample parser (data/samples.py); a typo would skip every sample."""
+    for i, source in enumerate(cfg.data.sources):
+        if source.task not in TASKS:
+            key = f"data.sources[{i}].task"
+            raise RecipeError(f"{origins.of(key)}: {key}: unknown task {source.task!r}; allowed: {', '.join(TASKS)}")
+
+
+def allowed_values(key: str) -> tuple[str, Sequence[str]]:
+    """What the values of `key` are called in messages, and the allowed ones."""
+    if key in REGISTRY_KEYS:
+        reg = getattr(registry, REGISTRY_KEYS[key])
+        return reg.kind, reg.names()
+    return "value", CHOICES[key]

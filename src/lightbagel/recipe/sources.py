@@ -1,0 +1,90 @@
+"""Reading recipe sources: YAML files, `base:` chains and command-line overrides, each as a layer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightbagel.recipe.messages import CLI, RecipeError, first_line
+
+# Dotted names only: catches "KEY VALUE" typos and a stray "=" before OmegaConf guesses a key.
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
+
+
+@dataclass
+class Layer:
+    source: str  # file shown to the user, or CLI
+    data: dict[str, Any]  # recipe-shaped mapping, interpolations unresolved
+    kind: str | None = None  # the kind this layer overrides; None for plain keys
+
+
+def available_recipes(directory: str | Path) -> list[str]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted({p.stem for p in directory.iterdir() if p.suffix in (".yaml", ".yml")})
+
+
+def show(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    label = show(path)
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{label}{where}: invalid YAML: {problem}") from None
+    except OSError as exc:
+        raise RecipeError(f"{label}: cannot read: {exc.strerror}") from None
+    if not isinstance(node, DictConfig):
+        raise RecipeError(f"{label}: expected a mapping of keys at the top level")
+    return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
+
+
+def read_chain(path: Path) -> list[tuple[Path, Layer]]:
+    """The recipe and its bases, base first; `base` keys removed."""
+    chain: list[tuple[Path, Layer]] = []
+    seen: set = set()
+    referrer: str | None = None
+    while True:
+        where = f"{referrer}: base: " if referrer else ""
+        if not path.is_file():
+            known = ", ".join(available_recipes(path.parent)) or "(none)"
+            here = f"available in {show(path.parent)}: {known}"
+            raise RecipeError(f"{where}{show(path)}: recipe not found; {here}")
+        if path.resolve() in seen:
+            raise RecipeError(f"{where}{show(path)} is already in the chain (a base cycle)")
+        seen.add(path.resolve())
+        data = read_yaml(path)
+        base = data.pop("base", None)
+        chain.append((path, Layer(show(path), data)))
+        if base is None:
+            return chain[::-1]
+        if not isinstance(base, str):
+            raise RecipeError(f"{show(path)}: base: expected a recipe path, got {base!r}")
+        referrer, path = show(path), path.parent / base
+
+
+def parse_override(item: str) -> Layer:
+    key, sep, value = item.partition("=")
+    if not sep or not _OVERRIDE_KEY.match(key.strip()):
+        raise RecipeError(f"{CLI}: bad override {item!r} (expected KEY=VALUE, e.g. trainer.max_steps=50)")
+    try:
+        parsed = OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as exc:
+        raise RecipeError(f"{CLI}: bad override {item!r}: {first_line(str(exc))}") from None
+    return Layer(CLI, OmegaConf.to_container(parsed, resolve=False))  # type: ignore[arg-type]
