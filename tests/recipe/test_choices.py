@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lightbagel import registry
+from lightbagel.backbones.understanding.base import EDIT_LAYOUTS
 from lightbagel.cli import eval as eval_cli
 from lightbagel.cli import generate
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
@@ -23,6 +24,7 @@ TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
 # schema.CHOICES key -> the table the code dispatches on for that key.
 DISPATCH = {
+    "fusion.edit_layout": EDIT_LAYOUTS,
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,
     "trainer.precision": PRECISION_BYTES,
@@ -76,7 +78,7 @@ def test_cli_renorm_choices_equal_the_sampler_table(main, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main(["--renorm", "bogus"])
     listed = re.search(r"choose from (.*)\)", capsys.readouterr().err)
-    assert listed is not None and sorted(re.findall(r"\w+", listed.group(1))) == sorted(mode or "none" for mode in RENORM)
+    assert listed is not None and sorted(re.findall(r"\w+", listed.group(1))) == sorted(m or "none" for m in RENORM)
 
 
 def test_a_source_task_names_a_sample_parser() -> None:

@@ -24,7 +24,6 @@ from lightbagel.model import LightBagel, UndCache
 from lightbagel.training.flow_matching import sampling_times
 
 
-
 @dataclass
 class SamplerConfig:
     """Sampling settings; the defaults are BAGEL's text-to-image ones, except `image_guidance`

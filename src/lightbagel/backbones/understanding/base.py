@@ -30,6 +30,10 @@ class EncodedPrompt:
     next_order: int = 0
 
 
+# fusion.edit_layout -> (ViT split, VAE split) order offsets of an image; BAGEL puts the VAE first.
+EDIT_LAYOUTS = {"vae_first": (1, 0), "vit_first": (0, 1)}
+
+
 class UndProcessor:
     """CPU-side, picklable half of an adapter: turns text and images into token lists.
 
@@ -48,7 +52,8 @@ class UndProcessor:
         """(ViT split order, VAE split order) of the next image; reserves both orders."""
         o = out.next_order
         out.next_order = o + 2
-        return (o + 1, o) if self.edit_layout == "vae_first" else (o, o + 1)
+        vit, vae = EDIT_LAYOUTS[self.edit_layout]
+        return o + vit, o + vae
 
     def encode(self, segments: Sequence[Segment]) -> EncodedPrompt:
         raise NotImplementedError
