@@ -37,7 +37,7 @@ def test_recipe_holds_the_paper_settings(full_recipe):
     assert (r.optim.lr, r.optim.warmup_steps, r.trainer.max_steps) == (3e-5, 2000, 70000)
     o = r.objective
     assert (o.timestep_shift, o.text_dropout, o.vae_dropout, o.vit_dropout) == (4.0, 0.1, 0.1, 0.5)
-    assert r.trainer.precision == "bf16-true" and r.fusion.depth_offset == 0.0
+    assert r.trainer.precision == "bf16-mixed" and r.fusion.depth_offset == 0.0
     assert [s.start_step for s in r.data.stages] == [0, 30000, 55000]  # the 3-stage mixture
 
 

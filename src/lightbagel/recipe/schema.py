@@ -13,10 +13,10 @@ KINDS = ("understanding", "generation", "fusion", "data", "trainer")
 
 # Closed sets of values, checked after merging (recipe/compose.py). Adapter names are checked
 # against the registries instead; `fusion.block` falls back to this list while none is registered.
-_DTYPES = ("float32", "bfloat16", "float16")
+# torch dtype names (precision.DTYPES maps them to torch); storage dtypes come from the
+# precision plan (precision.py), not from the cards.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 CHOICES: Dict[str, Tuple[str, ...]] = {
-    "understanding.dtype": _DTYPES,
-    "generation.dtype": _DTYPES,
     "generation.cross_attention": ("skip", "keep"),
     "fusion.block": ("double_fusion",),
     "fusion.positional": ("per_stream", "none"),
@@ -48,7 +48,6 @@ class UnderstandingConfig:
     tokenizer: Optional[str] = None
     freeze: bool = True
     trust_remote_code: bool = False
-    dtype: str = "float32"
     attn_implementation: str = "sdpa"
 
 
@@ -81,7 +80,6 @@ class GenerationConfig:
     # "skip" drops the sub-layer; text reaches the DiT through fusion only.
     cross_attention: str = "skip"
     num_train_timesteps: int = 1000
-    dtype: str = "float32"
 
 
 @dataclass
@@ -213,7 +211,11 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    # Storage and compute per part follow from it (precision.py, docs/full_size.md "Precision").
     precision: str = "32-true"
+    # bf16-true keeps trainable weights and AdamW state in bf16 (most lr 3e-5 updates round
+    # away); it is refused for a model with trainable weights unless this is true.
+    allow_bf16_master_weights: bool = False
     max_steps: int = 300
     log_every_n_steps: int = 10
     sample_every_n_steps: int = 100
