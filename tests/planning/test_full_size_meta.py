@@ -12,6 +12,7 @@ from lightbagel.data.collate import Collator
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_skeleton
 from lightbagel.planning.parts import fusion_split, model_parts
+from lightbagel.precision import apply_precision, inference_plan
 from lightbagel.recipe import load_recipe
 from lightbagel.training.callbacks import validation_samples
 
@@ -25,7 +26,8 @@ def full_recipe():
 
 @pytest.fixture(scope="module")
 def full_model(full_recipe):
-    return build_skeleton(full_recipe)
+    # Weights as the bf16 forward sees them (compute copies; the fp32 list in fp32), as lightbagel-plan does.
+    return apply_precision(build_skeleton(full_recipe), inference_plan(full_recipe, torch.bfloat16))
 
 
 def test_recipe_holds_the_paper_settings(full_recipe):

@@ -23,7 +23,7 @@ from lightbagel.registry import GENERATION, UNDERSTANDING, VAE
 from lightbagel.training.callbacks import validation_samples
 from lightbagel.training.checkpointing import ResumableLoader
 from lightbagel.training.module import LightBagelModule
-from tests.training.precision_probe import PrecisionProbe
+from training.precision_probe import PrecisionProbe
 
 ROOT = Path(__file__).resolve().parents[2]
 # The GPU card's precision, on one CPU process, with the tiny Wan VAE (it has weights and statistics).
@@ -123,6 +123,15 @@ def test_bf16_true_is_refused_for_trainable_weights_unless_opted_in():
     params = dict(module.model.named_parameters())
     assert params["fusion.0.gen.to_q.weight"].dtype == torch.bfloat16
     assert params["gen.dit.blocks.0.scale_shift_table"].dtype == torch.float32
+
+
+def test_lora_adapters_keep_fp32_masters_over_bf16_base_weights():
+    module = LightBagelModule(recipe("trainer.lora.enabled=true"))
+    module.configure_model()
+    params = dict(module.model.named_parameters())
+    lora = [n for n in params if ".lora_" in n]
+    assert lora and all(params[n].dtype == torch.float32 and params[n].requires_grad for n in lora)
+    assert params["fusion.0.gen.to_q.base_layer.weight"].dtype == torch.bfloat16
 
 
 def test_fit_cli_refuses_bf16_true_in_one_line(capsys):

@@ -1,6 +1,7 @@
 """Per-GPU memory under FSDP2 full sharding: weights, gradients, AdamW state, activations.
 
-Every parameter, gradient and optimizer state is sharded over all ranks (gpus x nodes).
+Every parameter, gradient and optimizer state is sharded over all ranks (gpus x nodes), but the
+frozen VAE's weights, whole on every rank (training/sharding.py).
 Bytes per element follow the precision plan (precision.py) weight by weight: trainable weights,
 their gradients and both AdamW moments in the master dtype (fp32 but under an opted-in
 `bf16-true`), frozen weights in the frozen dtype (bf16 under `bf16-*`), the fp32 list (VAE,
@@ -56,9 +57,13 @@ def largest_unit(model: LightBagel) -> int:
     return max(sum(p.numel() for p in b.parameters()) for b in blocks)
 
 
-def weight_bytes(model: LightBagel, plan: PrecisionPlan) -> int:
-    """Stored bytes of every weight, each in its planned dtype (shared weights once)."""
-    return sum(p.numel() * plan.storage(n, p.requires_grad).itemsize for n, p in model.named_parameters())
+def weight_bytes(model: LightBagel, plan: PrecisionPlan, world: int) -> float:
+    """Stored bytes per rank, each weight in its planned dtype: 1/world of each sharded weight, the VAE whole."""
+    total = 0.0
+    for name, p in model.named_parameters():
+        nbytes = p.numel() * plan.storage(name, p.requires_grad).itemsize
+        total += nbytes if name.startswith("gen.vae.") else nbytes / world
+    return total
 
 
 def plan_memory(model: LightBagel, parts: list[Part], workload: Workload, world: int, plan: PrecisionPlan,
@@ -70,7 +75,7 @@ def plan_memory(model: LightBagel, parts: list[Part], workload: Workload, world:
     acts_ckpt = sum(n * activations[kind].checkpointed for kind, n in samples.items())
     return MemoryPlan(
         world=world,
-        weights=weight_bytes(model, plan) / world,
+        weights=weight_bytes(model, plan, world),
         gradients=trainable * master_b / world,
         optimizer=2 * trainable * master_b / world,
         gather=2 * largest_unit(model) * compute_b,

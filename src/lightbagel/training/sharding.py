@@ -103,13 +103,10 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
             shard.unit(module)
             if not unit.called:
                 register_fsdp_forward_method(module, ROUTED)
-    vae = model.gen.vae
-    if any(True for _ in vae.parameters()):
-        # The VAE runs outside the fused forward (encode before it, decode after sampling).
-        shard.group(vae)
-        register_fsdp_forward_method(vae, "encode")
-        register_fsdp_forward_method(vae, "decode")
-    shard.group(model)
+    # The VAE runs before the fused forward (encode). FSDP2 makes the first group to run forward
+    # its root, so a sharded VAE would break the model's root; it stays whole on every rank
+    # (frozen and fp32: no gradient to reduce, no compute copy).
+    shard.group(model, ignored=set(model.gen.vae.parameters()))
     return model
 
 
@@ -131,12 +128,15 @@ class _Sharder:
     def _own(self, module: nn.Module) -> list[nn.Parameter]:
         return [p for p in module.parameters() if id(p) not in self.sharded]
 
-    def group(self, modules: nn.Module | list[nn.Module]) -> None:
+    def group(self, modules: nn.Module | list[nn.Module], ignored: Optional[set] = None) -> None:
         from torch.distributed.fsdp import fully_shard
 
-        params = [p for m in (modules if isinstance(modules, list) else [modules]) for p in self._own(m)]
+        ignored = ignored or set()
+        params = [p for m in (modules if isinstance(modules, list) else [modules]) for p in self._own(m)
+                  if p not in ignored]
         keeps_fp32 = any(id(p) in self.kept for p in params)
-        fully_shard(modules, mp_policy=self.full if keeps_fp32 else self.mixed, **self.kwargs)
+        fully_shard(modules, mp_policy=self.full if keeps_fp32 else self.mixed, ignored_params=ignored or None,
+                    **self.kwargs)
         self.sharded.update(id(p) for p in params)
 
     def unit(self, module: nn.Module) -> None:
