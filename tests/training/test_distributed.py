@@ -116,6 +116,8 @@ def precision_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp2_precision")
     launch(root / "fp32", "--steps", "1", "--report", *PRECISION, "trainer.precision=32-true")
     launch(root / "mixed", "--steps", "1", "--report", *PRECISION, procs=2)
+    launch(root / "pure", "--steps", "1", "--report", *PRECISION, "trainer.precision=bf16-true",
+           "trainer.allow_bf16_master_weights=true", procs=2)
     return root
 
 
@@ -153,3 +155,13 @@ def test_two_rank_fsdp2_keeps_masters_state_and_the_fp32_list_fp32(precision_run
     assert seen["gen.dit.blocks.0.scale_shift_table"] == "float32"
     assert seen["gen.dit.condition_embedder.time_embedder:output"] == "float32"
     assert seen["gen.vae.vae.encoder.conv_in:output"] == "float32"
+
+
+def test_two_rank_opted_in_bf16_true_trains_with_bf16_masters_beside_the_fp32_list(precision_runs):
+    report = json.loads((precision_runs / "pure" / "precision.json").read_text())
+    params = report["params"]
+    assert params["fusion.0.gen.to_q.weight"] == params["gen.dit.blocks.0.ffn.net.2.weight"] == "bfloat16"
+    assert params["gen.dit.blocks.0.scale_shift_table"] == params["gen.dit.scale_shift_table"] == "float32"
+    assert "bfloat16" in report["state_dtypes"]
+    fp32, pure = moved(precision_runs / "fp32"), moved(precision_runs / "pure")
+    assert sum(int((fp32[n] & pure[n]).sum()) for n in fp32) < 0.5 * sum(int(m.sum()) for m in fp32.values())

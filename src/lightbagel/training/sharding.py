@@ -106,7 +106,7 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
     # The VAE runs before the fused forward (encode). FSDP2 makes the first group to run forward
     # its root, so a sharded VAE would break the model's root; it stays whole on every rank
     # (frozen and fp32: no gradient to reduce, no compute copy).
-    shard.group(model, ignored=set(model.gen.vae.parameters()))
+    shard.unit(model, ignored=frozenset(model.gen.vae.parameters()))
     return model
 
 
@@ -117,40 +117,44 @@ class _Sharder:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
         precision = plan.precision
+        # By identity: `fully_shard` replaces a group's parameters by DTensors, so those seen here
+        # are the ones no group holds yet.
         self.kept = {id(p) for n, p in model.named_parameters() if precision is not None and precision.keeps(n)}
-        self.sharded: set[int] = set()
         self.full = MixedPrecisionPolicy()
         mixed = precision is not None and precision.mixed
         self.mixed = MixedPrecisionPolicy(param_dtype=precision.precision.compute, reduce_dtype=torch.float32) \
             if mixed else self.full
         self.kwargs = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if plan.cpu_offload else OffloadPolicy()}
 
-    def _own(self, module: nn.Module) -> list[nn.Parameter]:
-        return [p for p in module.parameters() if id(p) not in self.sharded]
-
-    def group(self, modules: nn.Module | list[nn.Module], ignored: Optional[set] = None) -> None:
+    def group(self, modules: nn.Module | list[nn.Module], ignored: frozenset = frozenset()) -> None:
         from torch.distributed.fsdp import fully_shard
 
-        ignored = ignored or set()
-        params = [p for m in (modules if isinstance(modules, list) else [modules]) for p in self._own(m)
-                  if p not in ignored]
-        keeps_fp32 = any(id(p) in self.kept for p in params)
-        fully_shard(modules, mp_policy=self.full if keeps_fp32 else self.mixed, ignored_params=ignored or None,
+        params = [p for m in (modules if isinstance(modules, list) else [modules]) for p in _unsharded(m)]
+        keeps_fp32 = any(id(p) in self.kept and p not in ignored for p in params)
+        fully_shard(modules, mp_policy=self.full if keeps_fp32 else self.mixed, ignored_params=set(ignored) or None,
                     **self.kwargs)
-        self.sharded.update(id(p) for p in params)
 
-    def unit(self, module: nn.Module) -> None:
-        """A block; one holding an fp32-kept weight gets a bf16 sub-group of its trainable layers."""
-        if self.mixed is not self.full and any(id(p) in self.kept for p in self._own(module)):
-            leaves = [m for m in module.modules() if _trainable_leaf(m, self.kept)]
+    def unit(self, module: nn.Module, ignored: frozenset = frozenset()) -> None:
+        """A block or the root. One holding an fp32-kept weight first gets a compute-dtype sub-group
+        of its other trainable layers (FSDP2 also wants one dtype among a group's trainable
+        weights, which bf16-true masters beside the fp32 list would break)."""
+        if self.mixed is not self.full and any(id(p) in self.kept for p in _unsharded(module)):
+            leaves = [m for m in module.modules() if self._trainable_leaf(m)]
             if leaves:
                 self.group(leaves)
-        self.group(module)
+        self.group(module, ignored)
+
+    def _trainable_leaf(self, module: nn.Module) -> bool:
+        own = list(module.parameters(recurse=False))
+        return bool(own) and len(own) == len(_unsharded(module, recurse=False)) and \
+            all(p.requires_grad and id(p) not in self.kept for p in own)
 
 
-def _trainable_leaf(module: nn.Module, kept: set[int]) -> bool:
-    own = list(module.parameters(recurse=False))
-    return bool(own) and all(p.requires_grad and id(p) not in kept for p in own)
+def _unsharded(module: nn.Module, recurse: bool = True) -> list[nn.Parameter]:
+    """Its parameters no FSDP group holds yet."""
+    from torch.distributed.tensor import DTensor
+
+    return [p for p in module.parameters(recurse=recurse) if not isinstance(p, DTensor)]
 
 
 def _route(unit: BlockUnits, checkpointing: bool) -> None:
