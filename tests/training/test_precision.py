@@ -16,7 +16,14 @@ import torch
 
 from lightbagel.data.collate import Collator
 from lightbagel.model import build_model
-from lightbagel.precision import FP32_KEEP, PRECISIONS, PrecisionError, precision_of
+from lightbagel.precision import (
+    FP32_KEEP,
+    PRECISIONS,
+    PrecisionError,
+    apply_precision,
+    inference_plan,
+    precision_of,
+)
 from lightbagel.recipe import load_recipe
 from lightbagel.recipe.schema import CHOICES
 from lightbagel.registry import GENERATION, UNDERSTANDING, VAE
@@ -112,6 +119,26 @@ def test_compute_runs_bf16_but_the_time_path_and_vae_fp32(runs):
     assert seen["gen.dit.condition_embedder.time_embedder:output"] == torch.float32
     assert seen["gen.dit.condition_embedder.time_proj:output"] == torch.float32
     assert seen["gen.vae.vae.encoder.conv_in:output"] == torch.float32
+
+
+def test_sd3_keeps_its_timestep_embedder_fp32_and_trains_under_autocast():
+    cfg = recipe("generation=tiny_sd3_pixel")
+    module = LightBagelModule(cfg)
+    module.configure_model()
+    params = dict(module.model.named_parameters())
+    assert params["gen.dit.transformer_blocks.0.attn.to_q.weight"].dtype == torch.float32  # a master
+    assert params["gen.dit.context_embedder.weight"].dtype == torch.bfloat16  # text stream: frozen
+    embedder = module.model.gen.dit.time_text_embed.timestep_embedder
+    seen = []
+    embedder.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    batch = Collator(module.model.und.processor, 32)(validation_samples(2, 32, seed=7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = module.flow_matching_loss(batch, [0, 1])
+    loss.backward()
+    assert torch.isfinite(loss) and params["gen.dit.proj_out.weight"].grad.dtype == torch.float32
+    assert seen == [torch.float32]
+    apply_precision(module.model, inference_plan(cfg, torch.bfloat16))  # every weight bf16 but the fp32 list
+    assert embedder.linear_1.weight.dtype == torch.float32 and params["gen.dit.proj_out.weight"].dtype == torch.bfloat16
 
 
 def test_bf16_true_is_refused_for_trainable_weights_unless_opted_in():

@@ -36,6 +36,7 @@ class SD3Adapter(GenerationAdapter):
     def embed(self, gen: GenInputs):
         batch, channels, slots, h, w = gen.latents.shape
         frames = gen.latents.transpose(1, 2).reshape(batch * slots, channels, h, w)
+        frames = frames.to(self.dit.pos_embed.proj.weight.dtype)  # as Wan's: fp32 latents, a bf16 model
         tokens = self.dit.pos_embed(frames).unflatten(0, (batch, slots)).flatten(1, 2)  # (B, S*h'*w', D)
         per_slot = tokens.shape[1] // slots
         t = (gen.timesteps * self.num_train_timesteps).repeat_interleave(per_slot, dim=1)

@@ -27,7 +27,8 @@ class WanAdapter(GenerationAdapter):
             raise ValueError("image slots need a temporal patch size of 1")
 
     def embed(self, gen: GenInputs):
-        x = self.dit.patch_embedding(gen.latents)  # (B, D, S, h', w')
+        # Latents stay fp32 in the sampler; a bf16 model without autocast (inference) takes its dtype.
+        x = self.dit.patch_embedding(gen.latents.to(self.dit.patch_embedding.weight.dtype))  # (B, D, S, h', w')
         batch, _, slots, hp, wp = x.shape
         tokens = x.flatten(2).transpose(1, 2).contiguous()
         per_slot = hp * wp
