@@ -23,9 +23,8 @@ import torch
 from lightbagel.data import shapes
 from lightbagel.inference import LightBagelPipeline, SamplerConfig
 from lightbagel.model import build_model
+from lightbagel.precision import DTYPES, apply_precision, inference_plan
 from lightbagel.recipe import load_recipe
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv=None):
@@ -33,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default="recipes/tiny.yaml")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=tuple(_DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--size", type=int, default=None, help="image side (default: the recipe's)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5)
@@ -48,7 +47,7 @@ def build_pipeline(args) -> LightBagelPipeline:
     with torch.no_grad():
         for p in model.fusion.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    model = model.to(args.device, _DTYPES[args.dtype])
+    model = apply_precision(model.to(args.device), inference_plan(recipe, DTYPES[args.dtype]))
     return LightBagelPipeline(model, recipe, args.device)
 
 

@@ -14,6 +14,7 @@ from lightbagel.backbones.understanding.base import UnderstandingAdapter
 from lightbagel.fusion import StreamSpec, causal_mask, generalized_causal_mask, vlm_depth_schedule
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.inputs import GenInputs, UndInputs
+from lightbagel.precision import training_plan
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
 
@@ -135,11 +136,17 @@ def fusion_geometry(cfg: FusionConfig, und: UnderstandingAdapter, gen: Generatio
 
 
 def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = None) -> LightBagel:
-    """Builds the fused model from a validated recipe (random parts seeded by `recipe.seed`)."""
+    """Builds the fused model from a validated recipe (random parts seeded by `recipe.seed`).
+
+    Checkpoints are read in the dtype the precision plan stores them in (frozen: bf16 under
+    bf16-mixed); random parts are fp32 until `precision.apply_precision` runs.
+    """
     torch.manual_seed(recipe.seed)
+    plan = training_plan(recipe)
+    und_cfg, gen_cfg = recipe.understanding, recipe.generation
     with torch.device(device) if device is not None else nullcontext():
-        und = UNDERSTANDING.get(recipe.understanding.adapter)(recipe.understanding)
-        gen = GENERATION.get(recipe.generation.adapter)(recipe.generation)
+        und = UNDERSTANDING.get(und_cfg.adapter)(und_cfg, plan.read_dtype(frozen=und_cfg.freeze))
+        gen = GENERATION.get(gen_cfg.adapter)(gen_cfg, plan.read_dtype(frozen=gen_cfg.freeze))
         heads, head_dim = fusion_geometry(recipe.fusion, und, gen)
         specs = StreamSpec(und.hidden_size, und.rotate), StreamSpec(gen.hidden_size, gen.rotate)
         fusion = FUSION.get(recipe.fusion.block)(recipe.fusion, *specs, heads, head_dim, gen.num_layers)

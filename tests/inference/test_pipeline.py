@@ -39,6 +39,17 @@ def test_save_and_load_give_the_same_images(pipe, tmp_path):
     assert list(a.getdata()) == list(b.getdata())
 
 
+def test_a_bfloat16_pipeline_keeps_the_fp32_list_and_edits(pipe, tmp_path):
+    """`dtype` casts every weight but what the original models keep in fp32 (precision.py)."""
+    pipe.save_pretrained(tmp_path / "export")
+    bf16 = LightBagelPipeline.from_pretrained(tmp_path / "export", dtype="bfloat16")
+    params, buffers = dict(bf16.model.named_parameters()), dict(bf16.model.named_buffers())
+    assert params["fusion.0.gen.to_q.weight"].dtype == params["und.model.lm_head.weight"].dtype == torch.bfloat16
+    assert buffers["und.model.model.language_model.rotary_emb.inv_freq"].dtype == torch.float32
+    assert params["gen.dit.scale_shift_table"].dtype == buffers["gen.dit.rope.freqs_cos"].dtype == torch.float32
+    assert bf16("make the circle green", images=_scene_image(1), config=FAST).images[0].size == (32, 32)
+
+
 def test_batch_of_prompts_with_and_without_sources(pipe):
     src = _scene_image(1)
     out = pipe(["a blue square", "make the circle green", "add a red circle"],

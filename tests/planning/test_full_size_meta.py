@@ -12,6 +12,7 @@ from lightbagel.data.collate import Collator
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_skeleton
 from lightbagel.planning.parts import fusion_split, model_parts
+from lightbagel.precision import apply_precision, inference_plan
 from lightbagel.recipe import load_recipe
 from lightbagel.training.callbacks import validation_samples
 
@@ -25,7 +26,8 @@ def full_recipe():
 
 @pytest.fixture(scope="module")
 def full_model(full_recipe):
-    return build_skeleton(full_recipe)
+    # Weights as the bf16 forward sees them (compute copies; the fp32 list in fp32), as lightbagel-plan does.
+    return apply_precision(build_skeleton(full_recipe), inference_plan(full_recipe, torch.bfloat16))
 
 
 def test_recipe_holds_the_paper_settings(full_recipe):
@@ -37,7 +39,7 @@ def test_recipe_holds_the_paper_settings(full_recipe):
     assert (r.optim.lr, r.optim.warmup_steps, r.trainer.max_steps) == (3e-5, 2000, 70000)
     o = r.objective
     assert (o.timestep_shift, o.text_dropout, o.vae_dropout, o.vit_dropout) == (4.0, 0.1, 0.1, 0.5)
-    assert r.trainer.precision == "bf16-true" and r.fusion.depth_offset == 0.0
+    assert r.trainer.precision == "bf16-mixed" and r.fusion.depth_offset == 0.0
     assert [s.start_step for s in r.data.stages] == [0, 30000, 55000]  # the 3-stage mixture
 
 

@@ -61,6 +61,27 @@ def test_states_shard_over_every_gpu_and_activations_do_not(tiny_recipe):
     assert one.flops and all(r.with_checkpointing >= r.model for r in one.flops)
 
 
+def test_planned_weight_bytes_are_what_training_stores_per_dtype():
+    """bf16-mixed: frozen weights bf16, trainable masters and the fp32 list (the tiny Wan VAE,
+    whole on every rank) fp32; the plan counts what the set-up module really holds."""
+    from lightbagel.recipe import load_recipe
+    from lightbagel.training.module import LightBagelModule
+
+    cfg = load_recipe(RECIPES / "tiny.yaml", ["trainer.precision=bf16-mixed", "generation=tiny_wan2_1"]).config
+    module = LightBagelModule(cfg)
+    module.configure_model()
+    params = list(module.model.parameters())
+    stored = sum(p.numel() * p.element_size() for p in params)
+    vae = sum(p.numel() * p.element_size() for p in module.model.gen.vae.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    assert {p.dtype for p in params} == {torch.float32, torch.bfloat16} and vae > 0
+    one = make_plan(cfg, gpus=1, nodes=1, seq_len=512, progress=False)
+    four = make_plan(cfg, gpus=4, nodes=1, seq_len=512, progress=False)
+    assert one.memory.weights == stored
+    assert four.memory.weights == pytest.approx((stored - vae) / 4 + vae)
+    assert one.memory.optimizer == 2 * 4 * trainable and one.memory.gradients == 4 * trainable
+
+
 def test_plan_cli_full_size(capsys):
     assert plan_main([str(RECIPES / "lightbagel_7b_5b.yaml"), "--gpus", "8", "--nodes", "4"]) == 0
     out = capsys.readouterr().out

@@ -15,7 +15,7 @@ from lightbagel.cli import generate
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.inference.guidance import RENORM
 from lightbagel.inputs import EDIT_HIDES
-from lightbagel.planning.memory import PRECISION_BYTES
+from lightbagel.precision import PRECISIONS
 from lightbagel.recipe import CHOICES, RecipeError, load_recipe
 from lightbagel.recipe.checks import REGISTRY_KEYS
 from lightbagel.training.strategy import make_strategy
@@ -27,11 +27,11 @@ DISPATCH = {
     "fusion.edit_layout": EDIT_LAYOUTS,
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,
-    "trainer.precision": PRECISION_BYTES,
+    "trainer.precision": PRECISIONS,
 }
-# Closed sets not held to one table here: the dtype names (their torch tables are still one per
-# adapter), the single cross-attention mode, and data.source (shapes or not).
-NO_TABLE = {"understanding.dtype", "generation.dtype", "generation.cross_attention", "data.source"}
+# Closed sets not held to one table here: the single cross-attention mode and data.source (shapes or
+# not). The dtype names are not a recipe choice: the precision plan (precision.py) decides storage.
+NO_TABLE = {"generation.cross_attention", "data.source"}
 
 
 def error_of(overrides: list[str]) -> str:

@@ -3,7 +3,8 @@
 Batch k is a fixed function of k (rank r takes its slice of the global batch), randomness is
 keyed per sample (training/randomness.py): any world size and any resume replays the same run.
 Writes `losses.json` (rank-averaged loss per step) and `weights.safetensors` (full trained
-weights) into --out on rank 0.
+weights) into --out on rank 0; with --report also `initial.safetensors` (trainable weights once
+set up for training) and `precision.json` (precision_probe.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from precision_probe import PrecisionProbe, full_trainable  # noqa: E402  (this script's folder)
 from safetensors.torch import save_file  # noqa: E402
 
 from lightbagel.data.collate import Collator  # noqa: E402
+from lightbagel.precision import precision_of  # noqa: E402
 from lightbagel.recipe import load_recipe  # noqa: E402
 from lightbagel.training.callbacks import validation_samples  # noqa: E402
 from lightbagel.training.checkpointing import AtomicCheckpoint, FastForward, ResumableLoader  # noqa: E402
@@ -78,6 +81,7 @@ def main() -> None:
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
     p.add_argument("--kill-at", type=int, default=-1)
     p.add_argument("--kill-in-save", type=int, default=-1)
+    p.add_argument("--report", action="store_true", help="write initial.safetensors and precision.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = Path(args.out)
@@ -93,26 +97,21 @@ def main() -> None:
     loader = ResumableLoader(FixedBatches(Collator(module.model.und.processor, 32), args.global_batch, rank, world))
     record = Record(args.kill_at)
     checkpoint = AtomicCheckpoint(out / "checkpoints", args.every, keep=10)
-    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=make_strategy(cfg.trainer), precision="32-true",
-                        max_steps=args.steps, gradient_clip_val=cfg.trainer.gradient_clip_val,
-                        callbacks=[record, checkpoint, FastForward(loader)], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=out)
+    probe = PrecisionProbe()
+    callbacks = [record, checkpoint, FastForward(loader)] + ([probe] if args.report else [])
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=make_strategy(cfg.trainer),
+                        precision=precision_of(cfg.trainer).lightning, max_steps=args.steps,
+                        gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=callbacks, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=out)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=args.resume, weights_only=True)
-    state = full_state(module)
+    state = full_trainable(module)
     if trainer.is_global_zero:
         save_file(state, out / "weights.safetensors")
         (out / "losses.json").write_text(json.dumps(record.losses))
-
-
-def full_state(module) -> dict:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if torch.distributed.is_initialized():
-        state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        state = module.model.state_dict()
-    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
-    return {k: v.detach().clone().contiguous() for k, v in state.items() if k in trainable}
+        if args.report:
+            save_file(probe.initial, out / "initial.safetensors")
+            (out / "precision.json").write_text(json.dumps(probe.report()))
 
 
 if __name__ == "__main__":

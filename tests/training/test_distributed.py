@@ -104,3 +104,64 @@ def test_export_of_a_two_rank_checkpoint_loads_the_trained_weights(runs, tmp_pat
     model = load_exported(tmp_path)
     state = model.state_dict()
     assert_same_weights({k: state[k] for k in weights(runs / "two")}, weights(runs / "two"), atol=0)
+
+
+# The GPU trainer card's precision (bf16-mixed) under 2-rank FSDP2, against a 1-rank fp32 step;
+# one step at lr 3e-5 from the same weights (test_precision.py has the single-process checks).
+PRECISION = ["trainer=fsdp2_gpu", "generation=tiny_wan2_1", "optim.lr=3.0e-5", "optim.warmup_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def precision_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp2_precision")
+    launch(root / "fp32", "--steps", "1", "--report", *PRECISION, "trainer.precision=32-true")
+    launch(root / "mixed", "--steps", "1", "--report", *PRECISION, procs=2)
+    launch(root / "pure", "--steps", "1", "--report", *PRECISION, "trainer.precision=bf16-true",
+           "trainer.allow_bf16_master_weights=true", procs=2)
+    return root
+
+
+def moved(out: Path) -> dict[str, torch.Tensor]:
+    initial = load_file(out / "initial.safetensors")
+    return {n: w != initial[n] for n, w in weights(out).items()}
+
+
+def test_two_rank_bf16_mixed_step_moves_the_entries_an_fp32_step_moves(precision_runs):
+    fp32, mixed = moved(precision_runs / "fp32"), moved(precision_runs / "mixed")
+    assert fp32.keys() == mixed.keys() and sum(int(m.sum()) for m in fp32.values()) > 10_000
+    both = {name: int((fp32[name] & mixed[name]).sum()) for name in fp32}
+    # Not every entry: each rank's gradient is a bf16 compute result, and where the two nearly
+    # cancel their sum can be exactly 0 (about 0.1% of entries here; one rank moves them all).
+    assert sum(both.values()) >= 0.995 * sum(int(m.sum()) for m in fp32.values())
+    assert all(both[name] >= 0.9 * int(fp32[name].sum()) for name in fp32)
+
+
+def test_two_rank_fsdp2_keeps_masters_state_and_the_fp32_list_fp32(precision_runs):
+    from training.test_precision import KEPT_BUFFERS, KEPT_PARAMS
+
+    report = json.loads((precision_runs / "mixed" / "precision.json").read_text())
+    params, trainable = report["params"], set(report["trainable"])
+    assert report["state_dtypes"] == ["float32"]
+    assert all(params[n] == "float32" for n in trainable)
+    frozen = [n for n in params if n not in trainable and not n.startswith("gen.vae.")]
+    assert len(frozen) > 50 and all(params[n] == "bfloat16" for n in frozen)
+    assert all(report["buffers"][n] == "float32" for n in KEPT_BUFFERS)
+    assert all(params[n] == "float32" for n in KEPT_PARAMS)
+    # What the forward computes with: FSDP2's bf16 compute copies for fusion and a Wan block's
+    # layers; fp32 for the time path and the block's modulation table (their groups gather fp32).
+    seen = report["seen"]
+    assert seen["fusion.0.gen.to_q.weight"] == seen["gen.dit.blocks.0.ffn.net.2.weight"] == "bfloat16"
+    assert seen["gen.dit.condition_embedder.time_embedder.linear_1.weight"] == "float32"
+    assert seen["gen.dit.blocks.0.scale_shift_table"] == "float32"
+    assert seen["gen.dit.condition_embedder.time_embedder:output"] == "float32"
+    assert seen["gen.vae.vae.encoder.conv_in:output"] == "float32"
+
+
+def test_two_rank_opted_in_bf16_true_trains_with_bf16_masters_beside_the_fp32_list(precision_runs):
+    report = json.loads((precision_runs / "pure" / "precision.json").read_text())
+    params = report["params"]
+    assert params["fusion.0.gen.to_q.weight"] == params["gen.dit.blocks.0.ffn.net.2.weight"] == "bfloat16"
+    assert params["gen.dit.blocks.0.scale_shift_table"] == params["gen.dit.scale_shift_table"] == "float32"
+    assert "bfloat16" in report["state_dtypes"]
+    fp32, pure = moved(precision_runs / "fp32"), moved(precision_runs / "pure")
+    assert sum(int((fp32[n] & pure[n]).sum()) for n in fp32) < 0.5 * sum(int(m.sum()) for m in fp32.values())

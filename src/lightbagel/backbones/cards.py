@@ -32,13 +32,12 @@ def _normal(value):
 
 
 def load_diffusers_model(model_cls, cfg: Any, dtype=None):
-    """A diffusers model from a card (DiT or VAE): random from `config`, or `from_pretrained`
-    (safetensors only) with the card's shipped config checked against the checkpoint's."""
-    import torch
-
+    """A diffusers model from a card (DiT or VAE): random from `config` (fp32; the precision plan
+    casts it later, so fp32-kept tables are never rounded), or `from_pretrained` (safetensors
+    only) in `dtype` (precision.PrecisionPlan.read_dtype) with the card's shipped config checked
+    against the checkpoint's."""
     if not reads_checkpoint(cfg):
-        model = model_cls(**dict(cfg.config))
-        return model.to(dtype) if dtype not in (None, torch.float32) else model
+        return model_cls(**dict(cfg.config))
     kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
     if getattr(cfg, "revision", None):
         kwargs["revision"] = cfg.revision

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lightbagel.cli.generate import sampler_overrides
 from lightbagel.inference.guidance import TASK_DEFAULTS
+from lightbagel.recipe.schema import DTYPE_NAMES
 
 DEFAULT_MODEL = "outputs/tiny/export"
 
@@ -24,7 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"export dir(s) (default: {DEFAULT_MODEL}); several are compared in one table")
     p.add_argument("--out", default=None, help="results dir (default: <model>/../eval)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                        help="compute dtype (default: the training one); VAE and rotary tables stay fp32")
     p.add_argument("--synthetic", action="store_true", help="the shapes world (default when nothing else is asked)")
     p.add_argument("--per-category", type=int, default=32, help="synthetic prompts per category")
     p.add_argument("--geneval", type=Path, help="GenEval evaluation_metadata.jsonl")

@@ -12,13 +12,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lightbagel.recipe.schema import DTYPE_NAMES
+
 DEFAULT_MODEL = "outputs/tiny/export"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"lightbagel-fit export dir (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                        help="compute dtype (default: the training one); VAE and rotary tables stay fp32")
 
 
 def _sampling(parser: argparse.ArgumentParser) -> None:

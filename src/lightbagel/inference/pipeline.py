@@ -22,11 +22,11 @@ from lightbagel.data.collate import image_to_tensor, tensor_to_image
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.inference.sampler import Conditioning, SamplerConfig, sample
 from lightbagel.model import LightBagel
+from lightbagel.precision import apply_precision, dtype_named, inference_plan, training_plan
 from lightbagel.recipe.schema import RecipeConfig
 from lightbagel.training.export import RECIPE, export_model, load_exported, resolved_recipe
 
 Sources = Union[None, Image.Image, Sequence[Image.Image]]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -54,15 +54,19 @@ class LightBagelPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", dtype: Optional[str] = None):
-        """Loads a `lightbagel-fit` export (model.safetensors + recipe.yaml)."""
+        """Loads a `lightbagel-fit` export (model.safetensors + recipe.yaml).
+
+        `dtype` (a precision.DTYPES name) is what every weight computes in, but the fp32 list of
+        precision.py (VAE, rotary tables, timestep path); default: the training compute dtype.
+        """
         directory = Path(directory)
         if not (directory / RECIPE).is_file():
             raise FileNotFoundError(f"{directory} holds no {RECIPE}; pass a lightbagel-fit export dir "
                                     f"(e.g. outputs/tiny/export)")
+        recipe = resolved_recipe(directory / RECIPE)
         model = load_exported(directory, device=device)
-        if dtype is not None:
-            model = model.to(_DTYPES[dtype])
-        return cls(model, resolved_recipe(directory / RECIPE), device)
+        compute = dtype_named(dtype, "--dtype") if dtype is not None else training_plan(recipe).precision.compute
+        return cls(apply_precision(model, inference_plan(recipe, compute)), recipe, device)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Writes the same layout `from_pretrained` reads."""

@@ -1,10 +1,13 @@
 """Per-GPU memory under FSDP2 full sharding: weights, gradients, AdamW state, activations.
 
-Every parameter, gradient and optimizer state is sharded over all ranks (gpus x nodes).
-Bytes per element follow the trainer precision: `bf16-true` keeps weights, gradients and both
-AdamW moments in bf16; `*-mixed` and `32-true` keep fp32 masters, gradients and moments. FSDP2
-also all-gathers one unit at a time at compute precision, with the next one prefetched: two
-copies of the largest unit (a block, or the VLM's embedding table). Activations are the
+Every parameter, gradient and optimizer state is sharded over all ranks (gpus x nodes), but the
+frozen VAE's weights, whole on every rank (training/sharding.py).
+Bytes per element follow the precision plan (precision.py) weight by weight: trainable weights,
+their gradients and both AdamW moments in the master dtype (fp32 but under an opted-in
+`bf16-true`), frozen weights in the frozen dtype (bf16 under `bf16-*`), the fp32 list (VAE,
+rotary tables, timestep path, modulation tables) in fp32. FSDP2 also all-gathers one unit at a
+time at compute precision, with the next one prefetched: two copies of the largest unit (a
+block, or the VLM's embedding table). Activations are the
 measured saved bytes (planning/activations.py) of one packed sequence per GPU.
 Not modelled: activation gradients alive during backward, allocator fragmentation, NCCL buffers.
 """
@@ -19,14 +22,7 @@ from lightbagel.model import LightBagel
 from lightbagel.planning.activations import ActivationBytes
 from lightbagel.planning.parts import Part, vision_tower
 from lightbagel.planning.workload import Workload
-
-# precision -> (weight, gradient, AdamW state, compute) bytes per element
-PRECISION_BYTES = {
-    "bf16-true": (2, 2, 4, 2),
-    "bf16-mixed": (4, 4, 8, 2),
-    "16-mixed": (4, 4, 8, 2),
-    "32-true": (4, 4, 8, 4),
-}
+from lightbagel.precision import PrecisionPlan
 
 
 @dataclass(frozen=True)
@@ -61,21 +57,27 @@ def largest_unit(model: LightBagel) -> int:
     return max(sum(p.numel() for p in b.parameters()) for b in blocks)
 
 
-def plan_memory(model: LightBagel, parts: list[Part], workload: Workload, world: int, precision: str,
+def weight_bytes(model: LightBagel, plan: PrecisionPlan, world: int) -> float:
+    """Stored bytes per rank, each weight in its planned dtype: 1/world of each sharded weight, the VAE whole."""
+    total = 0.0
+    for name, p in model.named_parameters():
+        nbytes = p.numel() * plan.storage(name, p.requires_grad).itemsize
+        total += nbytes if name.startswith("gen.vae.") else nbytes / world
+    return total
+
+
+def plan_memory(model: LightBagel, parts: list[Part], workload: Workload, world: int, plan: PrecisionPlan,
                 activations: dict[str, ActivationBytes]) -> MemoryPlan:
-    if precision not in PRECISION_BYTES:
-        raise ValueError(f"trainer.precision {precision!r} has no memory model; allowed: {', '.join(PRECISION_BYTES)}")
-    weight_b, grad_b, optim_b, compute_b = PRECISION_BYTES[precision]
-    total = sum(p.total for p in parts)
+    master_b, compute_b = plan.precision.master.itemsize, plan.precision.compute.itemsize
     trainable = sum(p.trainable for p in parts)
     samples = workload.samples
     acts = sum(n * activations[kind].total for kind, n in samples.items())
     acts_ckpt = sum(n * activations[kind].checkpointed for kind, n in samples.items())
     return MemoryPlan(
         world=world,
-        weights=total * weight_b / world,
-        gradients=trainable * grad_b / world,
-        optimizer=trainable * optim_b / world,
+        weights=weight_bytes(model, plan, world),
+        gradients=trainable * master_b / world,
+        optimizer=2 * trainable * master_b / world,
         gather=2 * largest_unit(model) * compute_b,
         activations=acts,
         activations_checkpointed=acts_ckpt,

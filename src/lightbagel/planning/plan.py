@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from tqdm.auto import tqdm
 
 from lightbagel.model import LightBagel, build_skeleton
@@ -14,10 +13,8 @@ from lightbagel.planning.flops import PartFlops, sequence_flops
 from lightbagel.planning.memory import MemoryPlan, plan_memory
 from lightbagel.planning.parts import Part, model_parts
 from lightbagel.planning.workload import Workload, make_workload
+from lightbagel.precision import apply_precision, inference_plan, training_plan
 from lightbagel.recipe.schema import RecipeConfig
-
-_COMPUTE_DTYPE = {"bf16-true": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16,
-                  "32-true": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -41,16 +38,17 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         edit_fraction = weights.get("edit", 0.0) / max(sum(weights.values()), 1e-12)
     if not 0.0 <= edit_fraction <= 1.0:
         raise ValueError(f"--edit-fraction must be in [0, 1], got {edit_fraction}")
-    precision = recipe.trainer.precision
+    precision = training_plan(recipe)
     steps = tqdm(total=4, desc="planning", disable=not progress, leave=False)
-    model: LightBagel = build_skeleton(recipe).to(_COMPUTE_DTYPE.get(precision, torch.float32))
+    # Weights as the forward sees them: compute copies, the fp32 list in fp32 (precision.py).
+    model: LightBagel = apply_precision(build_skeleton(recipe), inference_plan(recipe, precision.precision.compute))
     steps.update()
     workload = make_workload(model, seq_len, recipe.data.image_size, recipe.data.vit_image_size, text_tokens,
                              edit_fraction)
     activations = {}
     for kind in ("t2i", "edit"):
         activations[kind] = measure_sample(model, getattr(workload, kind), workload.image_size,
-                                           next(model.parameters()).dtype)
+                                           precision.precision.compute)
         steps.update()
     parts = model_parts(model)
     flops = sequence_flops(model, workload)

@@ -14,10 +14,10 @@ KINDS = ("understanding", "generation", "fusion", "data", "trainer")
 # Closed sets of values, checked after merging (recipe/checks.py). Names that select code
 # (adapters, fusion blocks, strategies) are not here: their registries (registry.py) are their one
 # list. tests/recipe/test_choices.py checks each set below against the table the code reads it with.
-_DTYPES = ("float32", "bfloat16", "float16")
+# torch dtype names (precision.DTYPES maps them to torch); storage dtypes come from the
+# precision plan (precision.py), not from the cards.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 CHOICES: Dict[str, Tuple[str, ...]] = {
-    "understanding.dtype": _DTYPES,
-    "generation.dtype": _DTYPES,
     # No "keep": the DiT's text cross-attention needs its text encoder (umT5, T5), which is never
     # loaded; text reaches the DiT through the fusion blocks only (docs/full_size.md).
     "generation.cross_attention": ("skip",),
@@ -50,7 +50,6 @@ class UnderstandingConfig:
     tokenizer: Optional[str] = None
     freeze: bool = True
     trust_remote_code: bool = False
-    dtype: str = "float32"
     attn_implementation: str = "sdpa"
 
 
@@ -83,7 +82,6 @@ class GenerationConfig:
     # "skip" drops the sub-layer; text reaches the DiT through fusion only.
     cross_attention: str = "skip"
     num_train_timesteps: int = 1000
-    dtype: str = "float32"
 
 
 @dataclass
@@ -218,7 +216,11 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    # Storage and compute per part follow from it (precision.py, docs/full_size.md "Precision").
     precision: str = "32-true"
+    # bf16-true keeps trainable weights and AdamW state in bf16 (most lr 3e-5 updates round
+    # away); it is refused for a model with trainable weights unless this is true.
+    allow_bf16_master_weights: bool = False
     max_steps: int = 300
     log_every_n_steps: int = 10
     sample_every_n_steps: int = 100

@@ -16,6 +16,7 @@ from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
+from lightbagel.precision import precision_of
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
@@ -109,7 +110,7 @@ def fit(recipe: Recipe) -> FitResult:
         callbacks.append(SyntheticEval(tr.eval_every_n_steps, tr.eval_per_category, tr.sample_steps, out / "eval"))
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
-        precision=tr.precision, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
+        precision=precision_of(tr).lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
         gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
         enable_progress_bar=tr.enable_progress_bar, logger=logger if logger is not None else False,
         callbacks=callbacks, default_root_dir=out, enable_model_summary=True, enable_checkpointing=False,

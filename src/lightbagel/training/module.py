@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, build_model
+from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
@@ -36,20 +37,24 @@ class LightBagelModule(L.LightningModule):
             load_init(self.model, recipe.init_from)
         if recipe.trainer.lora.enabled:
             add_lora(self.model, recipe.trainer.lora)
+        self.precision = training_plan(recipe)
+        refuse_bf16_masters(self.model, self.precision, recipe.trainer)
         self.ema: Optional[EMAWeights] = None
         self.nonfinite_total = self.nonfinite_streak = 0
         self.flops_per_batch: Optional[int] = None  # read by ThroughputMonitor for MFU
         self._configured = False
 
     def configure_model(self) -> None:
-        """FSDP2 under ModelParallelStrategy (`self.device_mesh` set), activation checkpointing, EMA."""
+        """Storage dtypes (precision.py), FSDP2 under ModelParallelStrategy (`self.device_mesh` set),
+        activation checkpointing, EMA."""
         if self._configured:  # Lightning may call it again (e.g. validate after fit)
             return
         tr = self.recipe.trainer
         units = model_units(self.model, self.recipe.understanding.adapter, self.recipe.generation.adapter)
         self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
         mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
-        parallelize(self.model, units, shard_plan(tr), mesh)
+        apply_precision(self.model, self.precision)
+        parallelize(self.model, units, shard_plan(tr, self.precision), mesh)
         if tr.ema.enabled:
             self.ema = EMAWeights(self.model, tr.ema.decay)
         self._configured = True

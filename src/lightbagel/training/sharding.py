@@ -6,6 +6,12 @@ gathered only while its forward runs, which FSDP2 learns from module hooks. Adap
 `block(i, ...)` calls the block module (`called=True`) get that for free; the others (Wan's
 block runs its sub-layers itself, because its own forward expects umT5 text) are routed through a
 per-block method registered with `register_fsdp_forward_method`.
+
+Mixed precision (precision.py): a group gathers its trainable fp32 masters as bf16 compute
+copies and reduces gradients in fp32. A group holding a weight the plan keeps in fp32 gathers
+in fp32 instead: the root (time embedding, modulation table), the VAE, and a Wan block, whose
+`scale_shift_table` sits beside the block's layers; that block's trainable layers then form a
+bf16 sub-group of their own, so the bulk of the DiT still gathers in bf16.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch.distributed._composable import checkpoint as checkpoint_module
 from torch.utils.checkpoint import checkpoint as checkpoint_call
 
 from lightbagel.model import LightBagel
+from lightbagel.precision import PrecisionPlan
 from lightbagel.recipe.schema import TrainerConfig
 from lightbagel.registry import Registry
 
@@ -78,13 +85,12 @@ class ShardPlan:
     """What `parallelize` applies; built from the trainer section of a recipe."""
 
     activation_checkpointing: bool = False
-    mixed_precision: Optional[torch.dtype] = None  # param dtype of the compute copies
+    precision: Optional[PrecisionPlan] = None  # None: one full-precision policy for every group
     cpu_offload: bool = False
 
 
-def shard_plan(tr: TrainerConfig) -> ShardPlan:
-    mixed = torch.bfloat16 if tr.precision == "bf16-mixed" else None
-    return ShardPlan(tr.activation_checkpointing, mixed, getattr(tr, "cpu_offload", False))
+def shard_plan(tr: TrainerConfig, precision: Optional[PrecisionPlan] = None) -> ShardPlan:
+    return ShardPlan(tr.activation_checkpointing, precision, getattr(tr, "cpu_offload", False))
 
 
 def model_units(model: LightBagel, und_adapter: str, gen_adapter: str) -> list[BlockUnits]:
@@ -105,33 +111,66 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
                 checkpoint_module(module)  # hook-based: no wrapper, state-dict keys unchanged
     if mesh is None:
         return model
-    from torch.distributed.fsdp import (
-        CPUOffloadPolicy,
-        MixedPrecisionPolicy,
-        OffloadPolicy,
-        fully_shard,
-        register_fsdp_forward_method,
-    )
+    from torch.distributed.fsdp import register_fsdp_forward_method
 
-    kwargs = {
-        "mesh": mesh,
-        "mp_policy": MixedPrecisionPolicy(param_dtype=plan.mixed_precision, reduce_dtype=torch.float32)
-        if plan.mixed_precision is not None else MixedPrecisionPolicy(),
-        "offload_policy": CPUOffloadPolicy() if plan.cpu_offload else OffloadPolicy(),
-    }
+    shard = _Sharder(model, plan, mesh)
     for unit in units:
         for module in unit.modules:
-            fully_shard(module, **kwargs)
+            shard.unit(module)
             if not unit.called:
                 register_fsdp_forward_method(module, ROUTED)
-    vae = model.gen.vae
-    if any(True for _ in vae.parameters()):
-        # The VAE runs outside the fused forward (encode before it, decode after sampling).
-        fully_shard(vae, **kwargs)
-        register_fsdp_forward_method(vae, "encode")
-        register_fsdp_forward_method(vae, "decode")
-    fully_shard(model, **kwargs)
+    # The VAE runs before the fused forward (encode). FSDP2 makes the first group to run forward
+    # its root, so a sharded VAE would break the model's root; it stays whole on every rank
+    # (frozen and fp32: no gradient to reduce, no compute copy).
+    shard.unit(model, ignored=frozenset(model.gen.vae.parameters()))
     return model
+
+
+class _Sharder:
+    """`fully_shard` with the precision plan's policy per group (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, plan: ShardPlan, mesh):
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+        precision = plan.precision
+        # By identity: `fully_shard` replaces a group's parameters by DTensors, so those seen here
+        # are the ones no group holds yet.
+        self.kept = {id(p) for n, p in model.named_parameters() if precision is not None and precision.keeps(n)}
+        self.full = MixedPrecisionPolicy()
+        mixed = precision is not None and precision.mixed
+        self.mixed = MixedPrecisionPolicy(param_dtype=precision.precision.compute, reduce_dtype=torch.float32) \
+            if mixed else self.full
+        self.kwargs = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if plan.cpu_offload else OffloadPolicy()}
+
+    def group(self, modules: nn.Module | list[nn.Module], ignored: frozenset = frozenset()) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        params = [p for m in (modules if isinstance(modules, list) else [modules]) for p in _unsharded(m)]
+        keeps_fp32 = any(id(p) in self.kept and p not in ignored for p in params)
+        fully_shard(modules, mp_policy=self.full if keeps_fp32 else self.mixed, ignored_params=set(ignored) or None,
+                    **self.kwargs)
+
+    def unit(self, module: nn.Module, ignored: frozenset = frozenset()) -> None:
+        """A block or the root. One holding an fp32-kept weight first gets a compute-dtype sub-group
+        of its other trainable layers (FSDP2 also wants one dtype among a group's trainable
+        weights, which bf16-true masters beside the fp32 list would break)."""
+        if self.mixed is not self.full and any(id(p) in self.kept for p in _unsharded(module)):
+            leaves = [m for m in module.modules() if self._trainable_leaf(m)]
+            if leaves:
+                self.group(leaves)
+        self.group(module, ignored)
+
+    def _trainable_leaf(self, module: nn.Module) -> bool:
+        own = list(module.parameters(recurse=False))
+        return bool(own) and len(own) == len(_unsharded(module, recurse=False)) and \
+            all(p.requires_grad and id(p) not in self.kept for p in own)
+
+
+def _unsharded(module: nn.Module, recurse: bool = True) -> list[nn.Parameter]:
+    """Its parameters no FSDP group holds yet."""
+    from torch.distributed.tensor import DTensor
+
+    return [p for p in module.parameters(recurse=recurse) if not isinstance(p, DTensor)]
 
 
 def _route(unit: BlockUnits, checkpointing: bool) -> None:

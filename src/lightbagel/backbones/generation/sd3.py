@@ -19,8 +19,9 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel
 
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
-from lightbagel.backbones.generation.wan import _DTYPES, WanAdapter
+from lightbagel.backbones.generation.wan import WanAdapter
 from lightbagel.inputs import GenInputs
+from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig, VAEConfig
 from lightbagel.registry import GENERATION, VAE
 
@@ -35,12 +36,15 @@ class SD3Adapter(GenerationAdapter):
     def embed(self, gen: GenInputs):
         batch, channels, slots, h, w = gen.latents.shape
         frames = gen.latents.transpose(1, 2).reshape(batch * slots, channels, h, w)
+        frames = frames.to(self.dit.pos_embed.proj.weight.dtype)  # as Wan's: fp32 latents, a bf16 model
         tokens = self.dit.pos_embed(frames).unflatten(0, (batch, slots)).flatten(1, 2)  # (B, S*h'*w', D)
         per_slot = tokens.shape[1] // slots
         t = (gen.timesteps * self.num_train_timesteps).repeat_interleave(per_slot, dim=1)
         emb = self.dit.time_text_embed
-        freq = emb.time_proj(t.flatten()).to(tokens.dtype)
-        temb = emb.timestep_embedder(freq).unflatten(0, (batch, -1))
+        with fp32_region(tokens.device):  # the timestep path in fp32, as Wan's (precision.py)
+            freq = emb.time_proj(t.flatten())
+            temb = emb.timestep_embedder(freq.to(emb.timestep_embedder.linear_1.weight.dtype))
+        temb = temb.to(tokens.dtype).unflatten(0, (batch, -1))
         pooled = torch.zeros(batch, emb.text_embedder.linear_1.in_features, dtype=tokens.dtype, device=tokens.device)
         temb = temb + emb.text_embedder(pooled).unsqueeze(1)  # (B, L, D): one conditioning per token
         return tokens.contiguous(), None, temb
@@ -91,12 +95,14 @@ class SD3VAE(LatentCodec):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         # The posterior mean: a deterministic target, as for the Wan VAE.
-        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        with fp32_region(images.device):
+            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
         return ((latents.float() - self.shift) * self.scale).to(images.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         x = (latents.float() / self.scale + self.shift).to(self.vae.dtype)
-        return self.vae.decode(x).sample.to(latents.dtype).clamp(-1, 1)
+        with fp32_region(latents.device):
+            return self.vae.decode(x).sample.to(latents.dtype).clamp(-1, 1)
 
 
 @VAE.register("sd3_vae")
@@ -115,8 +121,9 @@ def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
 
 
 @GENERATION.register("sd3")
-def build_sd3(cfg: GenerationConfig) -> SD3Adapter:
-    dit = load_diffusers_model(SD3Transformer2DModel, cfg, _DTYPES[cfg.dtype])
+def build_sd3(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> SD3Adapter:
+    """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
+    dit = load_diffusers_model(SD3Transformer2DModel, cfg, dtype)
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)
     for module in _text_stream(dit):

@@ -8,6 +8,7 @@ from diffusers import AutoencoderKLWan
 
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import LatentCodec
+from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import VAEConfig
 from lightbagel.registry import VAE
 
@@ -43,14 +44,16 @@ class WanVAE(LatentCodec):
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1), persistent=False)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        # The posterior mean: a deterministic target, as Wan's own image-conditioning does.
-        latents = self.vae.encode(images.unsqueeze(2).to(self.vae.dtype)).latent_dist.mode()[:, :, 0]
+        # The posterior mean: a deterministic target, as Wan's own image-conditioning does. Wan
+        # runs its VAE in fp32 (precision.py), whatever autocast is on outside.
+        with fp32_region(images.device):
+            latents = self.vae.encode(images.unsqueeze(2).to(self.vae.dtype)).latent_dist.mode()[:, :, 0]
         return ((latents.float() - self.mean) / self.std).to(images.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        latents = latents.float() * self.std + self.mean
-        frames = self.vae.decode(latents.unsqueeze(2).to(self.vae.dtype)).sample
-        return frames[:, :, 0].to(latents.dtype).clamp(-1, 1)
+        with fp32_region(latents.device):
+            frames = self.vae.decode((latents.float() * self.std + self.mean).unsqueeze(2).to(self.vae.dtype)).sample
+        return frames[:, :, 0].float().clamp(-1, 1)
 
 
 @VAE.register("pixel")

@@ -14,10 +14,9 @@ from diffusers import WanTransformer3DModel
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.inputs import GenInputs
+from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig
 from lightbagel.registry import GENERATION, VAE
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class WanAdapter(GenerationAdapter):
@@ -28,15 +27,17 @@ class WanAdapter(GenerationAdapter):
             raise ValueError("image slots need a temporal patch size of 1")
 
     def embed(self, gen: GenInputs):
-        x = self.dit.patch_embedding(gen.latents)  # (B, D, S, h', w')
+        # Latents stay fp32 in the sampler; a bf16 model without autocast (inference) takes its dtype.
+        x = self.dit.patch_embedding(gen.latents.to(self.dit.patch_embedding.weight.dtype))  # (B, D, S, h', w')
         batch, _, slots, hp, wp = x.shape
         tokens = x.flatten(2).transpose(1, 2).contiguous()
         per_slot = hp * wp
         t = (gen.timesteps * self.num_train_timesteps).repeat_interleave(per_slot, dim=1)
         emb = self.dit.condition_embedder
-        freq = emb.timesteps_proj(t.flatten()).unflatten(0, (batch, -1))
-        temb = emb.time_embedder(freq.to(next(emb.time_embedder.parameters()).dtype)).type_as(tokens)
-        tproj = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))
+        with fp32_region(tokens.device):  # Wan embeds and projects timesteps in fp32 (precision.py)
+            freq = emb.timesteps_proj(t.flatten()).unflatten(0, (batch, -1))
+            temb = emb.time_embedder(freq.to(emb.time_embedder.linear_1.weight.dtype))
+            tproj = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))
         rope = self._rope(gen.frame_pos, hp, wp)
         return tokens, rope, (temb, tproj)
 
@@ -99,8 +100,9 @@ class WanAdapter(GenerationAdapter):
 
 
 @GENERATION.register("wan")
-def build_wan(cfg: GenerationConfig) -> WanAdapter:
-    dit = load_diffusers_model(WanTransformer3DModel, cfg, _DTYPES[cfg.dtype])
+def build_wan(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> WanAdapter:
+    """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
+    dit = load_diffusers_model(WanTransformer3DModel, cfg, dtype)
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)
     adapter = WanAdapter(dit, vae, cfg.num_train_timesteps)

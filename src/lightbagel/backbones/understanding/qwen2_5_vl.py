@@ -31,8 +31,6 @@ from lightbagel.inputs import TEXT, VIT, UndInputs
 from lightbagel.recipe.schema import UnderstandingConfig
 from lightbagel.registry import UNDERSTANDING
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class QwenProcessor(UndProcessor):
     """Tokenizer + image processor; expands each image into its ViT placeholder tokens."""
@@ -164,13 +162,15 @@ def _from_config(cfg: UnderstandingConfig, tokenizer, family: "QwenFamily"):
                   vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
     config = family.config_cls(**kwargs)
     config._attn_implementation = cfg.attn_implementation
-    return family.model_cls(config).to(_DTYPES[cfg.dtype])
+    # Built in fp32: the precision plan casts it later, never rounding the rotary frequencies.
+    return family.model_cls(config)
 
 
-def _from_pretrained(cfg: UnderstandingConfig, family: "QwenFamily"):
-    # Safetensors only (no pickle), remote code only when the recipe asks for it.
+def _from_pretrained(cfg: UnderstandingConfig, family: "QwenFamily", dtype: torch.dtype):
+    # Safetensors only (no pickle), remote code only when the recipe asks for it. transformers
+    # computes inv_freq in fp32 whatever `dtype` the weights are read in.
     return family.model_cls.from_pretrained(
-        cfg.pretrained, revision=cfg.revision or "main", dtype=_DTYPES[cfg.dtype], use_safetensors=True,
+        cfg.pretrained, revision=cfg.revision or "main", dtype=dtype, use_safetensors=True,
         attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
     )
 
@@ -196,7 +196,8 @@ class QwenFamily:
     adapter_cls: type
 
 
-def build_qwen(cfg: UnderstandingConfig, family: QwenFamily) -> Qwen25VLAdapter:
+def build_qwen(cfg: UnderstandingConfig, family: QwenFamily, dtype: torch.dtype = torch.float32) -> Qwen25VLAdapter:
+    """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
     if not reads_checkpoint(cfg):
         # A real card built without its checkpoint has no tokenizer to read: use the built-in one.
         tokenizer = _tiny_tokenizer((cfg.tokenizer if cfg.pretrained is None else None) or "shapes")
@@ -205,7 +206,7 @@ def build_qwen(cfg: UnderstandingConfig, family: QwenFamily) -> Qwen25VLAdapter:
         tokenizer_src = cfg.tokenizer or cfg.pretrained
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_src, revision=cfg.revision or "main",
                                                   trust_remote_code=cfg.trust_remote_code)
-        model = _from_pretrained(cfg, family)
+        model = _from_pretrained(cfg, family, dtype)
         check_card_config(dict(cfg.config), model.config.to_dict(), f"understanding card {cfg.card}")
     vision = model.config.vision_config
     processor = QwenProcessor(tokenizer, _image_processor(cfg, vision), vision.spatial_merge_size)
@@ -219,5 +220,5 @@ QWEN2_5_VL = QwenFamily(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qw
 
 
 @UNDERSTANDING.register("qwen2_5_vl")
-def build_qwen2_5_vl(cfg: UnderstandingConfig) -> Qwen25VLAdapter:
-    return build_qwen(cfg, QWEN2_5_VL)
+def build_qwen2_5_vl(cfg: UnderstandingConfig, dtype: torch.dtype = torch.float32) -> Qwen25VLAdapter:
+    return build_qwen(cfg, QWEN2_5_VL, dtype)

@@ -27,5 +27,5 @@ class Qwen2VLAdapter(Qwen25VLAdapter):
 
 
 @UNDERSTANDING.register("qwen2_vl")
-def build_qwen2_vl(cfg: UnderstandingConfig) -> Qwen2VLAdapter:
-    return build_qwen(cfg, QwenFamily(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLAdapter))
+def build_qwen2_vl(cfg: UnderstandingConfig, dtype: torch.dtype = torch.float32) -> Qwen2VLAdapter:
+    return build_qwen(cfg, QwenFamily(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLAdapter), dtype)
