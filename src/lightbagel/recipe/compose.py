@@ -40,7 +40,7 @@ import copy
 import functools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lightbagel import registry
-from lightbagel.recipe.schema import CHOICES, KINDS, RecipeConfig
+from lightbagel.recipe.schema import CHOICES, KINDS, RANGES, RecipeConfig
 
 CLI = "command line"
 ENV_VAR = "LIGHTBAGEL_COMPONENTS"
@@ -63,17 +63,6 @@ _REGISTRY_KEYS = {
     "generation.adapter": "GENERATION",
     "generation.vae.adapter": "VAE",
     "fusion.block": "FUSION",
-}
-_UNIT = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_POSITIVE = ("> 0", lambda v: v > 0)
-_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "objective.text_dropout": _UNIT,
-    "objective.vae_dropout": _UNIT,
-    "objective.vit_dropout": _UNIT,
-    "fusion.depth_offset": _UNIT,
-    "objective.timestep_shift": _POSITIVE,
-    "trainer.max_steps": _POSITIVE,
-    "data.batch_size": _POSITIVE,
 }
 # Dotted names only: catches "KEY VALUE" typos and a stray "=" before OmegaConf guesses a key.
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
@@ -200,6 +189,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"{label}{where}: invalid YAML: {problem}") from None
     except OSError as exc:
         raise RecipeError(f"{label}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{label}: not a text file; a recipe or card is UTF-8 YAML") from None
     if not isinstance(node, DictConfig):
         raise RecipeError(f"{label}: expected a mapping of keys at the top level")
     return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
@@ -212,6 +203,9 @@ def _read_chain(path: Path) -> list[tuple[Path, _Layer]]:
     referrer: str | None = None
     while True:
         where = f"{referrer}: base: " if referrer else ""
+        if path.is_dir():
+            inside = ", ".join(available_recipes(path)) or "(none)"
+            raise RecipeError(f"{where}{_show(path)} is a directory; pass a recipe file in it: {inside}")
         if not path.is_file():
             known = ", ".join(available_recipes(path.parent)) or "(none)"
             here = f"available in {_show(path.parent)}: {known}"
@@ -355,10 +349,10 @@ def _resolve(cfg: DictConfig, origins: _Origins) -> DictConfig:
 
 
 def _check_values(cfg: DictConfig, origins: _Origins) -> None:
-    for key, (wanted, ok) in _RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if not ok(value):
-            raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
+    for pattern, (wanted, ok) in RANGES.items():
+        for key, value in _range_values(cfg, pattern):
+            if value is not None and not ok(value):
+                raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
     # Closed sets before registries: registry lookups may import the adapter modules.
     for key in [k for k in CHOICES if k not in _REGISTRY_KEYS] + list(_REGISTRY_KEYS):
         label, allowed = _allowed_values(key)
@@ -368,6 +362,17 @@ def _check_values(cfg: DictConfig, origins: _Origins) -> None:
             raise RecipeError(
                 f"{origins.of(key)}: {key}: unknown {label} {value!r}; allowed: {listed}"
             )
+
+
+def _range_values(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for a RANGES key; "a[].b" stands for key b of every item of list a."""
+    head, sep, tail = pattern.partition("[]")
+    if not sep:
+        yield pattern, OmegaConf.select(cfg, pattern)
+        return
+    for i, item in enumerate(OmegaConf.select(cfg, head) or ()):
+        key = f"{head}[{i}]{tail}"
+        yield key, OmegaConf.select(item, tail.lstrip(".")) if tail else item
 
 
 def _allowed_values(key: str) -> tuple[str, Sequence[str]]:
