@@ -6,6 +6,7 @@ import webdataset as wds
 from mixture_helpers import make_plan, png
 
 from lightbagel.data.pipeline import MixtureDataset, SlotWorker
+from lightbagel.errors import DataError
 from lightbagel.recipe.schema import ResolutionConfig
 
 GOOD = [f"good{i:03d}" for i in range(12)]
@@ -62,5 +63,5 @@ def test_each_kind_of_bad_input_is_skipped_and_counted(corrupt_source):
 
 def test_a_source_with_no_readable_sample_is_a_clear_error(tmp_path):
     plan = make_plan({"empty": ([str(tmp_path / "absent.tar")], 1.0)})
-    with pytest.raises(RuntimeError, match="data source 'empty': no readable samples"):
+    with pytest.raises(DataError, match="data source 'empty': no readable samples"):
         SlotWorker(plan, 0, 1).next_batch(0)

@@ -23,6 +23,7 @@ from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
 from lightbagel.data.shards import SkipCounter, write_shapes_shards
 from lightbagel.data.streams import expand_urls
+from lightbagel.errors import DataError
 from lightbagel.recipe.schema import DataConfig, SourceConfig
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ class MixtureDataModule(L.LightningDataModule):
         if self._uses_shapes():
             return [SourceConfig(name="shapes", urls=self._write_shapes(), weight=1.0, task="t2i")]
         if not self.cfg.sources:
-            raise ValueError(f"data card {self.cfg.card!r}: source is webdataset but `sources` is empty")
+            raise DataError(f"data card {self.cfg.card!r}: source is webdataset but `sources` is empty")
         resolved = []
         for src in self.cfg.sources:
             urls = expand_urls(list(src.urls))
             if not urls:
-                raise ValueError(f"data source {src.name!r}: urls {list(src.urls)} match no shard")
+                raise DataError(f"data source {src.name!r}: urls {list(src.urls)} match no shard")
             resolved.append(SourceConfig(name=src.name, urls=urls, weight=src.weight, task=src.task))
         return resolved
 
@@ -152,10 +153,10 @@ class MixtureDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         workers, rank = max(1, self.cfg.num_workers), self.plan_rank()[0]
         if state.get("version") != STATE_VERSION or state.get("workers") != workers:
-            raise ValueError(f"cannot resume the data stream: the checkpoint has {state.get('workers')} "
+            raise DataError(f"cannot resume the data stream: the checkpoint has {state.get('workers')} "
                              f"data workers, this run {workers}; set data.num_workers={state.get('workers')}")
         if rank >= len(state["ranks"]):
-            raise ValueError(f"cannot resume the data stream: the checkpoint has {len(state['ranks'])} "
+            raise DataError(f"cannot resume the data stream: the checkpoint has {len(state['ranks'])} "
                              f"ranks, this is rank {rank}; resume with the same devices and nodes")
         mine = state["ranks"][rank]
         self.consumed = int(mine["consumed"])

@@ -27,6 +27,7 @@ from lightbagel.data.mixture import Schedule
 from lightbagel.data.samples import TRAINABLE, BadSample, to_record
 from lightbagel.data.shards import SkipCounter
 from lightbagel.data.streams import Slot, SourceStream
+from lightbagel.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class SlotWorker:
             if prepared is None:
                 bad += 1
                 if bad >= MAX_CONSECUTIVE_BAD:
-                    raise RuntimeError(f"{bad} bad samples in a row; skipped: {self.skipped()}")
+                    raise DataError(f"{bad} bad samples in a row; skipped: {self.skipped()}")
                 continue
             bad = 0
             size, item = prepared

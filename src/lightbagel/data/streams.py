@@ -25,6 +25,7 @@ from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
 from lightbagel.data.shards import SkipCounter, _TarEndCheck
+from lightbagel.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SourceStream:
     def __init__(self, name: str, urls: list[str], slot: Slot, seed: int, block_size: int,
                  counter: SkipCounter):
         if not urls:
-            raise ValueError(f"data source {name!r}: no shards; check its urls in the data card")
+            raise DataError(f"data source {name!r}: no shards; check its urls in the data card")
         self.name, self.urls, self.slot, self.seed = name, urls, slot, seed
         self.block_size, self.counter = max(1, block_size), counter
         self.start: list[int] = [0, 0, 0]  # [epoch, shard_pos, offset] of the current block
@@ -150,7 +151,7 @@ class SourceStream:
                     yield sample, [epoch, pos, i + 1]
             empty_epochs = 0 if found else empty_epochs + 1
             if empty_epochs >= 2:  # a whole epoch without one sample: never going to get any
-                raise RuntimeError(
+                raise DataError(
                     f"data source {self.name!r}: no readable samples for slot {self.slot.index} "
                     f"of {self.slot.count}; skipped so far: {self.counter.as_dict()}")
             epoch, shard_pos, offset = epoch + 1, 0, 0
