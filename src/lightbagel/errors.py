@@ -32,3 +32,9 @@ def one_line(err: BaseException) -> str:
     last = lines[-1]
     prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
     return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library exception's message (or its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

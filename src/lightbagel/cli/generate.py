@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lightbagel.cli.common import add_trust_flag
+
 DEFAULT_MODEL = "outputs/tiny/export"
 
 
@@ -19,6 +21,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"lightbagel-fit export dir (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    add_trust_flag(parser)
 
 
 def _sampling(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +44,8 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
 def _pipeline(args):
     from lightbagel.inference import LightBagelPipeline
 
-    return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                              trust_remote_code=args.trust_remote_code)
 
 
 def _config(pipe, args):

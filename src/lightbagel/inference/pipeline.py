@@ -39,13 +39,15 @@ class LightBagelPipeline:
         self.recipe, self.device = recipe, torch.device(device)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu", dtype: Optional[str] = None):
-        """Loads a `lightbagel-fit` export (model.safetensors + recipe.yaml)."""
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu", dtype: Optional[str] = None,
+                        trust_remote_code: bool = False):
+        """Loads a `lightbagel-fit` export (model.safetensors + recipe.yaml). The folder's recipe may
+        not turn on code loading; only `trust_remote_code=True` here may (training/export.py)."""
         directory = Path(directory)
         if not (directory / RECIPE).is_file():
             raise FileNotFoundError(f"{directory} holds no {RECIPE}; pass a lightbagel-fit export dir "
                                     f"(e.g. outputs/tiny/export)")
-        model = load_exported(directory, device=device)
+        model = load_exported(directory, device=device, trust_remote_code=trust_remote_code)
         if dtype is not None:
             model = model.to(_DTYPES[dtype])
         return cls(model, resolved_recipe(directory / RECIPE), device)

@@ -18,7 +18,7 @@ from lightbagel.data.monitor import DataMonitor
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
-from lightbagel.training.checkpointing import AtomicCheckpoint, latest_checkpoint
+from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.module import LightBagelModule
 from lightbagel.training.nan_guard import NonFiniteGuard
 from lightbagel.training.strategy import is_sharded, make_strategy
@@ -113,7 +113,7 @@ def fit(recipe: Recipe) -> FitResult:
         enable_progress_bar=tr.enable_progress_bar, logger=logger if logger is not None else False,
         callbacks=callbacks, default_root_dir=out, enable_model_summary=True, enable_checkpointing=False,
     )
-    last = latest_checkpoint(out / "checkpoints")  # the newest complete one: resume after a crash
+    last = newest_loadable(out / "checkpoints")  # the newest complete one that reads back: resume after a crash
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
     export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
     if logger is not None:
