@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Skip reasons, in a fixed order so that ranks can sum their counts as one tensor.
 REASONS = ("unreadable_shard", "truncated_shard", "missing_key", "bad_task", "decode", "oversize",
-           "unsupported_task", "stage_switch")
+           "unsupported_task", "stage_switch", "unsupported_mode")
 MAX_CONSECUTIVE_BAD = 10_000
 
 

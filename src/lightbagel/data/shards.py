@@ -38,6 +38,7 @@ from PIL import Image
 from webdataset.cache import StreamingOpen
 
 from lightbagel.data import shapes
+from lightbagel.data.images import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def _check_tar_ends(dataset: wds.WebDataset, handler: _CountAndContinue) -> None
 def _rgb(image: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a decoded image, got {type(image).__name__}")
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def _to_record(sample: dict) -> dict:
