@@ -133,7 +133,8 @@ class MixtureDataModule(L.LightningDataModule):
         for key, n in totals.items():
             before = self.skipped.counts.get(key, 0)
             if warn and n > before:
-                log.warning("data: skipped %d more sample(s) of %s (%d so far)", n - before, key, n)
+                log.warning("data: skipped %d more of %s (%d so far; each bad sample or shard counts once per "
+                            "pass over the data)", n - before, key, n)
         self.skipped.counts = totals
 
     # ------------------------------------------------------------------ resume

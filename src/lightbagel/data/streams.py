@@ -52,13 +52,14 @@ class Slot:
     count: int = 1
 
 
-def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
+def read_shard(url: str, counter: SkipCounter | None) -> Iterator[dict]:
     """Raw samples (field -> bytes) of one tar shard; an unreadable or truncated shard is counted
-    and ends early instead of raising."""
+    (unless `counter` is None) and ends early instead of raising."""
     try:
         stream = _TarEndCheck(wds.gopen(url), url)
     except Exception as exn:
-        counter.add("unreadable_shard", f"{url}: {exn!r}")
+        if counter is not None:
+            counter.add("unreadable_shard", f"{url}: {exn!r}")
         return
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -77,7 +78,8 @@ def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
             if current is not None:
                 yield current
     except Exception as exn:  # truncated stream, bad header: the rest of this shard is lost
-        counter.add("truncated_shard", f"{url}: {exn!r}")
+        if counter is not None:
+            counter.add("truncated_shard", f"{url}: {exn!r}")
     finally:
         stream.close()
 
@@ -141,10 +143,13 @@ class SourceStream:
         empty_epochs = 0
         while True:
             shards, by_sample = self.shards(epoch)
+            # Split by sample, every slot reads every shard: only slot 0 counts a bad shard, so a
+            # pass counts it once, not once per reader.
+            counter = self.counter if not by_sample or self.slot.index == 0 else None
             found = False
             for pos in range(shard_pos, len(shards)):
                 skip = offset if pos == shard_pos else 0
-                for i, sample in enumerate(read_shard(shards[pos], self.counter)):
+                for i, sample in enumerate(read_shard(shards[pos], counter)):
                     if i < skip or (by_sample and i % self.slot.count != self.slot.index):
                         continue
                     found = True
