@@ -203,7 +203,7 @@ def test_zero_init_fusion_is_the_identity(swap, make_batch):
                              mm_token_type_ids=batch.und.mm_token_type_ids).logits
     torch.testing.assert_close(out.velocity, ref.velocity, rtol=0, atol=0)
     real = batch.und.attention_mask.bool()
-    torch.testing.assert_close(model.understanding_logits(out)[real], hf[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.understanding_logits(out)[real], hf[real], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("swap", SWAPS)
@@ -249,7 +249,7 @@ def test_zero_init_dit_equals_the_standalone_diffusers_model(card, make_batch):
     with torch.no_grad():
         mine = model.gen.unpatchify(model(batch.und, gen).velocity, 1, h, w)
         ref = _dit_alone(model, gen)
-    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("swap", SWAPS)
