@@ -20,20 +20,7 @@ from lightbagel.cli.fit import main as fit_main
 from lightbagel.training.checkpointing import complete_checkpoints, newest_loadable
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
-# Runs the real command, killed with SIGKILL right after the step-4 checkpoint is complete.
-KILLED_AFTER_STEP_4 = """
-import os, signal, sys
-from lightbagel.training import checkpointing
-save = checkpointing.AtomicCheckpoint.save
-def save_then_die(self, trainer):
-    path = save(self, trainer)
-    if trainer.global_step == 4:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-checkpointing.AtomicCheckpoint.save = save_then_die
-from lightbagel.cli.fit import main
-sys.exit(main(sys.argv[1:]))
-"""
+KILLED = Path(__file__).with_name("fit_killed.py")  # the real command, SIGKILLed after a checkpoint
 
 
 def fit_args(out: Path, data: Path, steps: int = 6) -> list[str]:
@@ -66,7 +53,7 @@ def test_killed_run_resumes_through_lightbagel_fit_past_a_corrupt_newest_checkpo
 
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_4, *fit_args(out, data)], env=env,
+    proc = subprocess.run([sys.executable, str(KILLED), "4", *fit_args(out, data)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ckpts = out / "checkpoints"

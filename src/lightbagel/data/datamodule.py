@@ -152,13 +152,15 @@ class MixtureDataModule(L.LightningDataModule):
                 "batches_per_step": self.batches_per_step, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        workers, rank = max(1, self.cfg.num_workers), self.plan_rank()[0]
+        workers, (rank, world) = max(1, self.cfg.num_workers), self.plan_rank()
         if state.get("version") != STATE_VERSION or state.get("workers") != workers:
             raise DataError(f"cannot resume the data stream: the checkpoint has {state.get('workers')} "
                              f"data workers, this run {workers}; set data.num_workers={state.get('workers')}")
-        if rank >= len(state["ranks"]):
-            raise DataError(f"cannot resume the data stream: the checkpoint has {len(state['ranks'])} "
-                             f"ranks, this is rank {rank}; resume with the same devices and nodes")
+        # Each rank's stream position is its own: on another rank count some would be lost or
+        # invented. Every rank sees the same gathered list, so every rank refuses alike.
+        if len(state["ranks"]) != world:
+            raise DataError(f"cannot resume the data stream: the checkpoint was written by {len(state['ranks'])} "
+                             f"rank(s), this run has {world}; resume with the same trainer.devices x num_nodes")
         mine = state["ranks"][rank]
         self.consumed = int(mine["consumed"])
         self.roles = {r: s for r, s in enumerate(mine["roles"]) if s is not None}
