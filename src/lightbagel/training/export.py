@@ -96,7 +96,7 @@ def refuse_code_loading(recipe: RecipeConfig, where: Path, trust_remote_code: bo
 def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """A safetensors file, or a one-line ModelFolderError naming it (missing, truncated, not safetensors)."""
     if not path.is_file():
-        raise ModelFolderError(f"{path}: not found; pass a lightbagel-fit export dir (e.g. outputs/tiny/export)")
+        raise ModelFolderError(f"{path}: not found; lightbagel-fit writes it under OUTPUT_DIR/export")
     try:
         return load_file(path, device=device)
     except (SafetensorError, OSError, ValueError) as exc:
