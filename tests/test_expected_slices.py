@@ -9,6 +9,8 @@ failure prints, and say why in the commit.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
 from lightbagel.recipe import load_recipe
 
-from conftest import TINY
+TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
 # swap -> (velocity[0].flatten()[:6], understanding hidden state [0, -1, :4]). The VLM side never
 # attends to DiT tokens, so DiT swaps with the same fusion shapes share the hidden-state slice.
