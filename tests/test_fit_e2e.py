@@ -77,3 +77,11 @@ def test_cli_turns_data_errors_inside_fit_into_one_line(tmp_path, capsys):
         assert main([str(TINY), *base, f"data.sources=[{{name: a, urls: {urls}}}]"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"lightbagel-fit: {message}") and "\n" not in err, err
+
+
+def test_cli_turns_a_bad_shapes_world_into_one_line(tmp_path, capsys):
+    args = [str(TINY), f"output_dir={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}",
+            "trainer.mlflow.enabled=false", "data.image_size=4", "data.vit_image_size=4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightbagel-fit: shapes shards need num_samples >= 1, image_size >= 8") and "\n" not in err
