@@ -17,6 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean():
+    """Tests write under tmp dirs only: a `data/`, `outputs/` or `mlruns/` folder that appears in
+    the repository during the session fails it (one that was there before is the user's)."""
+    watched = [REPO / "data", REPO / "outputs", REPO / "mlruns"]
+    before = {p for p in watched if p.exists()}
+    yield
+    created = [str(p) for p in watched if p.exists() and p not in before]
+    assert not created, f"tests wrote into the repository: {created}; use tmp_path"
+
+
 @pytest.fixture(scope="session")
 def tiny_recipe():
     from lightbagel.recipe import load_recipe

@@ -63,3 +63,25 @@ def test_cli_rejects_bad_override_before_building(tmp_path, capsys):
     assert "trainer.max_stepz" in err and "command line" in err and "max_steps" in err
     assert main([str(TINY), "trainer.max_steps=fifty"]) == 2
     assert "trainer.max_steps" in capsys.readouterr().err
+
+
+def test_cli_turns_data_errors_inside_fit_into_one_line(tmp_path, capsys):
+    """A source matching no shard, and shards with no readable sample, are raised inside
+    `trainer.fit`; the command prints one line and exits 2."""
+    (tmp_path / "junk-0.tar").write_bytes(b"not a tar at all" * 64)
+    base = [f"output_dir={tmp_path / 'out'}", "trainer.mlflow.enabled=false", "trainer.max_steps=2",
+            "trainer.enable_progress_bar=false", "data.source=webdataset"]
+    cases = {f"['{tmp_path}/none-*.tar']": "data source 'a': urls",
+             f"['{tmp_path}/junk-0.tar']": "data source 'a': no readable samples"}
+    for urls, message in cases.items():
+        assert main([str(TINY), *base, f"data.sources=[{{name: a, urls: {urls}}}]"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"lightbagel-fit: {message}") and "\n" not in err, err
+
+
+def test_cli_turns_a_bad_shapes_world_into_one_line(tmp_path, capsys):
+    args = [str(TINY), f"output_dir={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}",
+            "trainer.mlflow.enabled=false", "data.image_size=4", "data.vit_image_size=4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightbagel-fit: shapes shards need num_samples >= 1, image_size >= 8") and "\n" not in err

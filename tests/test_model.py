@@ -22,7 +22,7 @@ def test_zero_init_understanding_logits_equal_standalone_vlm(tiny_model, make_ba
         image_grid_thw=und.image_grid_thw, mm_token_type_ids=und.mm_token_type_ids,
     ).logits
     real = und.attention_mask.bool()
-    torch.testing.assert_close(tiny_model.understanding_logits(out)[real], ref[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tiny_model.understanding_logits(out)[real], ref[real], rtol=0, atol=0)
 
 
 def test_zero_init_dit_output_equals_standalone_dit(tiny_model, make_batch):
@@ -40,7 +40,7 @@ def test_zero_init_dit_output_equals_standalone_dit(tiny_model, make_batch):
         for h in hooks:
             h.remove()
     mine = tiny_model.gen.unpatchify(out.velocity, 1, 8, 8)
-    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
 
 
 def _perturb_fusion(model, seed: int = 0) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightbagel.errors import LightBagelError
 from lightbagel.recipe.schema import DTYPE_NAMES, RecipeConfig, TrainerConfig
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -120,7 +121,7 @@ def inference_plan(recipe: RecipeConfig, dtype: torch.dtype) -> PrecisionPlan:
     return PrecisionPlan(Precision("32-true", dtype, dtype, dtype), keep_patterns(recipe))
 
 
-class PrecisionError(ValueError):
+class PrecisionError(LightBagelError, ValueError):
     """A precision the recipe must not train with, in one line."""
 
 

@@ -16,8 +16,9 @@ from diffusers import SD3Transformer2DModel
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
 from lightbagel.recipe import load_recipe
-from lightbagel.registry import GENERATION, UNDERSTANDING
+from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING, VAE
 from lightbagel.training.export import export_model, load_exported
+from lightbagel.training.sharding import BLOCK_UNITS
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -30,6 +31,10 @@ def tiny_cards(kind: str) -> dict[str, str]:
 
 
 UND_CARDS, GEN_CARDS = tiny_cards("understanding"), tiny_cards("generation")
+# One tiny generation card per codec: card name -> its VAE adapter.
+VAE_CARDS = {card: adapter for adapter, card in {
+    yaml.safe_load((REPO / "components" / "generation" / f"{c}.yaml").read_text())["vae"]["adapter"]: c
+    for c in reversed(list(GEN_CARDS))}.items()}
 REAL_CARDS = [(kind, p.stem) for kind in ("understanding", "generation")
               for p in sorted((REPO / "components" / kind).glob("*.yaml")) if not p.stem.startswith("tiny_")]
 
@@ -58,6 +63,25 @@ def latents_for(model, batch: int, seed: int = 0) -> torch.Tensor:
 def test_every_registered_adapter_has_a_tiny_card():
     assert set(UNDERSTANDING.names()) <= set(UND_CARDS.values()), "add components/understanding/tiny_<name>.yaml"
     assert set(GENERATION.names()) <= set(GEN_CARDS.values()), "add components/generation/tiny_<name>.yaml"
+    assert set(VAE.names()) <= set(VAE_CARDS.values()), "add a tiny generation card whose vae uses the codec"
+    fusion_cards = {yaml.safe_load(p.read_text())["block"] for p in (REPO / "components" / "fusion").glob("*.yaml")}
+    assert set(FUSION.names()) <= fusion_cards, "add components/fusion/<name>.yaml"
+    assert set(UNDERSTANDING.names()) | set(GENERATION.names()) <= set(BLOCK_UNITS.names()), "register its blocks"
+
+
+@pytest.mark.parametrize("card", VAE_CARDS)
+def test_vae_encodes_and_decodes_at_its_factor(card):
+    """Every codec really runs: latents at 1/factor of the image, deterministic, decoded to [-1, 1]."""
+    vae = fused(f"generation={card}").gen.vae
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        latents, again = vae.encode(images), vae.encode(images)
+        decoded = vae.decode(latents)
+    f = vae.spatial_factor
+    assert latents.shape == (2, vae.latent_channels, 32 // f, 32 // f)
+    assert torch.equal(latents, again) and torch.isfinite(latents).all()
+    assert decoded.shape == images.shape and decoded.abs().max() <= 1
+    assert not torch.equal(latents[0], latents[1])  # the latents depend on the image
 
 
 # ---- understanding adapters ---------------------------------------------------------------------
@@ -203,7 +227,7 @@ def test_zero_init_fusion_is_the_identity(swap, make_batch):
                              mm_token_type_ids=batch.und.mm_token_type_ids).logits
     torch.testing.assert_close(out.velocity, ref.velocity, rtol=0, atol=0)
     real = batch.und.attention_mask.bool()
-    torch.testing.assert_close(model.understanding_logits(out)[real], hf[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.understanding_logits(out)[real], hf[real], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("swap", SWAPS)
@@ -249,7 +273,7 @@ def test_zero_init_dit_equals_the_standalone_diffusers_model(card, make_batch):
     with torch.no_grad():
         mine = model.gen.unpatchify(model(batch.und, gen).velocity, 1, h, w)
         ref = _dit_alone(model, gen)
-    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("swap", SWAPS)

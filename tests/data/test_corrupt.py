@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from mixture_helpers import make_plan, png
+from mixture_helpers import make_plan, png, write_source
 
 from lightbagel.data.pipeline import MixtureDataset, SlotWorker
+from lightbagel.errors import DataError
 from lightbagel.recipe.schema import ResolutionConfig
 
 GOOD = [f"good{i:03d}" for i in range(12)]
@@ -63,5 +64,45 @@ def test_each_kind_of_bad_input_is_skipped_and_counted(corrupt_source):
 
 def test_a_source_with_no_readable_sample_is_a_clear_error(tmp_path):
     plan = make_plan({"empty": ([str(tmp_path / "absent.tar")], 1.0)})
-    with pytest.raises(RuntimeError, match="data source 'empty': no readable samples"):
+    with pytest.raises(DataError, match="data source 'empty': no readable samples"):
         SlotWorker(plan, 0, 1).next_batch(0)
+
+
+def _truncated_passes(shard: str, slots: int, passes: int) -> dict[str, int]:
+    """Skip counts summed over `slots` readers of one shard (split by sample), each reading `passes`
+    passes and one sample more (the reader meets the cut only when asked past the last good sample)."""
+    from lightbagel.data.shards import SkipCounter
+    from lightbagel.data.streams import Slot, SourceStream, read_shard
+
+    good = sum(1 for _ in read_shard(shard, None))
+    total: dict[str, int] = {}
+    for index in range(slots):
+        counter = SkipCounter()
+        stream = SourceStream("s", [shard], Slot(index, slots), seed=0, block_size=1, counter=counter)
+        for _ in range(len(range(index, good, slots)) * passes + 1):
+            stream.next()
+        for reason, n in counter.counts.items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_a_truncated_shard_counts_once_per_pass_however_many_readers_share_it(tmp_path, slots):
+    (shard,) = write_source(tmp_path, "s", 10, per_shard=10)
+    whole = Path(shard).read_bytes()
+    Path(shard).write_bytes(whole[: len(whole) * 2 // 3])
+    assert _truncated_passes(shard, slots, passes=3) == {"truncated_shard": 3}
+
+
+def test_the_skip_warning_says_what_it_counts(caplog):
+    import logging
+
+    from lightbagel.data.datamodule import MixtureDataModule
+    from lightbagel.data.shards import SkipCounter
+
+    dm = object.__new__(MixtureDataModule)  # only the skip bookkeeping is exercised
+    dm.skipped, dm.roles = SkipCounter(), {0: {"skipped": {"s": {"truncated_shard": 2}}}}
+    with caplog.at_level(logging.WARNING, logger="lightbagel.data.datamodule"):
+        dm._update_skipped(warn=True)
+    assert caplog.messages == ["data: skipped 2 more of s/truncated_shard (2 so far; each bad sample or shard "
+                               "counts once per pass over the data)"]

@@ -22,6 +22,8 @@ def test_synthetic_eval_writes_table_metrics_and_mlflow(tiny_export, tmp_path, c
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}")
     runs = client.search_runs([client.get_experiment_by_name("lightbagel-eval").experiment_id])
     assert runs[0].data.metrics["synthetic/overall"] == metrics["synthetic/overall"]
+    # The report files go beside the store, not into ./mlruns of the working directory.
+    assert {p.name for p in (tmp_path / "mlartifacts").rglob("*.md")} == {"report.md"}
 
 
 def test_public_runner_only_and_bad_input(tiny_export, tmp_path, capsys):

@@ -179,3 +179,32 @@ def test_euler_reaches_the_data_under_the_exact_velocity(tiny_model, make_batch,
     for cfg in (SamplerConfig(steps=4, shift=3.0), SamplerConfig(steps=7, shift=1.0, use_cache=False)):
         out = sample(tiny_model, cond, (2, 48, 8, 8), cfg, [0, 1])
         torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_each_guidance_branch_is_built_as_documented(tiny_model, make_batch):
+    """Branch-major rows: full condition, text hidden, source image (ViT + clean VAE) hidden."""
+    from lightbagel.inference.sampler import _Branches
+    from lightbagel.inputs import TEXT, VIT
+
+    batch = make_batch(tiny_model)
+    cond = _conditioning(tiny_model, batch)
+    assert cond.has_source.any() and not cond.has_source.all()
+    branches = _Branches(tiny_model, cond, SamplerConfig(text_guidance=4.0, image_guidance=1.5))
+    n, seg, valid = len(batch), batch.und.segment, batch.und.valid
+    keep = branches.all.und.keep.unflatten(0, (3, n))
+    assert torch.equal(keep[0] & valid, valid)  # everything the prompt holds
+    assert torch.equal(keep[1] & valid, valid & (seg != TEXT))  # no text, images kept
+    assert torch.equal(keep[2] & valid, valid & (seg != VIT))  # no ViT tokens, text kept
+    sources = branches.all.source_valid.unflatten(0, (3, n))
+    assert torch.equal(sources[0], cond.source_valid) and torch.equal(sources[1], cond.source_valid)
+    assert not sources[2].any()  # ... and no clean VAE source slot
+
+
+def test_text_guidance_changes_the_image(tiny_recipe, make_batch):
+    model = _model(tiny_recipe, und_writeback=True)
+    batch = make_batch(model)
+    cond = Conditioning(batch.und)  # text-to-image: only text guidance can act
+    shape, seeds = (len(batch), 48, 8, 8), [5] * len(batch)
+    plain = sample(model, cond, shape, SamplerConfig(steps=3, text_guidance=1.0, image_guidance=1.0), seeds)
+    guided = sample(model, cond, shape, SamplerConfig(steps=3, text_guidance=4.0, image_guidance=1.0), seeds)
+    assert (guided - plain).abs().max() > 1e-2

@@ -335,3 +335,41 @@ def test_real_tiny_recipe() -> None:
     assert cfg.understanding.adapter == "qwen2_5_vl" and cfg.understanding.card == "tiny_qwen2_5_vl"
     assert cfg.generation.vae.adapter == "pixel"
     assert cfg.trainer.max_steps == 7 and cfg.objective.timestep_shift == 1.0
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("optim.lr=-1e-4", "optim.lr: must be > 0, got -0.0001"),
+    ("data.num_workers=-1", "data.num_workers: must be >= 0, got -1"),
+    ("data.image_size=0", "data.image_size: must be > 0, got 0"),
+    ("trainer.sample_steps=-5", "trainer.sample_steps: must be > 0, got -5"),
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints: must be > 0, got 0"),
+    ("optim.betas=[0.9,1.0]", "optim.betas[1]: must be in [0, 1), got 1.0"),
+    ("data.sources=[{name: a, weight: -1}]", "data.sources[0].weight: must be >= 0, got -1.0"),
+])
+def test_values_that_cannot_work_are_rejected_with_key_and_range(tree: Path, override: str, message: str):
+    assert error_of(tree / "recipes/base.yaml", [override]) == f"command line: {message}"
+
+
+def test_optional_keys_left_null_are_not_range_checked(tree: Path) -> None:
+    recipe = load_recipe(tree / "recipes/base.yaml", ["trainer.gradient_clip_val=null", "fusion.num_heads=null"])
+    assert recipe.config.trainer.gradient_clip_val is None
+
+
+def test_every_range_key_is_a_schema_key() -> None:
+    from lightbagel.recipe.checks import _range_values
+    from lightbagel.recipe.schema import RANGES, RecipeConfig
+
+    defaults = OmegaConf.structured(RecipeConfig)
+    for pattern in RANGES:
+        head = pattern.partition("[]")[0]
+        assert OmegaConf.select(defaults, head, default="absent") != "absent", pattern
+    assert dict(_range_values(OmegaConf.create({"a": [{"b": 1}, {"b": 2}]}), "a[].b")) == {"a[0].b": 1, "a[1].b": 2}
+
+
+def test_a_recipe_that_is_not_text_or_is_a_directory(tree: Path) -> None:
+    (tree / "recipes/image.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8")
+    assert error_of(tree / "recipes/image.yaml") == (
+        "recipes/image.yaml: not a text file; a recipe or card is UTF-8 YAML"
+    )
+    assert error_of(tree / "recipes") == "recipes is a directory; pass a recipe file in it: base, image"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from lightbagel.training.lora import (
     target_regex,
 )
 
+REPO = Path(__file__).resolve().parents[2]  # recipes are found from here, whatever the working directory
 CFG = LoraConfig(enabled=True, rank=4, alpha=8.0, targets={
     "fusion": ["to_q", "to_k", "to_v", "to_out"],
     "generation": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"],
@@ -91,12 +93,12 @@ def test_lora_edit_recipe_fine_tunes_a_tiny_export(tmp_path, make_batch):
 
     tiny = ["understanding=tiny_qwen2_5_vl", "generation=tiny_wan_pixel", "trainer.card=cpu",
             "trainer.lora.enabled=true", "trainer.lora.rank=2", "data.card=shapes", f"output_dir={tmp_path}"]
-    trained = load_recipe("recipes/tiny.yaml").config
+    trained = load_recipe(REPO / "recipes" / "tiny.yaml").config
     base = build_model(trained)
     with torch.no_grad():
         base.fusion[0].gen.to_out.weight.fill_(0.01)  # a "trained" fusion block
     export_model(base, trained, "", tmp_path / "export")
-    recipe = load_recipe("recipes/lora_edit.yaml", [*tiny, f"init_from={tmp_path / 'export'}"]).config
+    recipe = load_recipe(REPO / "recipes" / "lora_edit.yaml", [*tiny, f"init_from={tmp_path / 'export'}"]).config
     assert recipe.trainer.lora.rank == 2 and recipe.trainer.strategy == "auto"
     module = LightBagelModule(recipe)
     weight = module.model.fusion[0].gen.to_out.base_layer.weight

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from lightbagel.cli.common import add_trust_flag
 from lightbagel.cli.generate import sampler_overrides
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.recipe.schema import DTYPE_NAMES
@@ -27,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="compute dtype (default: the training one); VAE and rotary tables stay fp32")
+    add_trust_flag(p)
     p.add_argument("--synthetic", action="store_true", help="the shapes world (default when nothing else is asked)")
     p.add_argument("--per-category", type=int, default=32, help="synthetic prompts per category")
     p.add_argument("--geneval", type=Path, help="GenEval evaluation_metadata.jsonl")
@@ -137,7 +139,8 @@ def evaluate_one(args) -> int:
     try:
         from lightbagel.inference import LightBagelPipeline
 
-        pipe = LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        pipe = LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                                  trust_remote_code=args.trust_remote_code)
         cfg = sampler_overrides(args)
         out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
         out.mkdir(parents=True, exist_ok=True)

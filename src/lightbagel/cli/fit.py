@@ -31,14 +31,14 @@ def main(argv=None) -> int:
     if args.print_recipe:
         print(recipe.to_yaml())
         return 0
-    from lightbagel.precision import PrecisionError
+    from lightbagel.errors import LightBagelError, one_line
     from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
 
     start = time.perf_counter()
     try:
         result = fit(recipe)
-    except PrecisionError as err:
-        print(f"lightbagel-fit: {err}", file=sys.stderr)
+    except LightBagelError as err:
+        print(f"lightbagel-fit: {one_line(err)}", file=sys.stderr)
         return 2
     minutes = (time.perf_counter() - start) / 60
     if result.first_loss is None:  # resumed from a checkpoint already at max_steps

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lightbagel.cli.common import add_trust_flag
 from lightbagel.recipe.schema import DTYPE_NAMES
 
 DEFAULT_MODEL = "outputs/tiny/export"
@@ -22,6 +23,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="compute dtype (default: the training one); VAE and rotary tables stay fp32")
+    add_trust_flag(parser)
 
 
 def _sampling(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +48,8 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
 def _pipeline(args):
     from lightbagel.inference import LightBagelPipeline
 
-    return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                              trust_remote_code=args.trust_remote_code)
 
 
 def sampler_overrides(args) -> dict:

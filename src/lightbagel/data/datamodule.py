@@ -23,6 +23,7 @@ from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
 from lightbagel.data.shards import SkipCounter, write_shapes_shards
 from lightbagel.data.streams import expand_urls
+from lightbagel.errors import DataError
 from lightbagel.recipe.schema import DataConfig, SourceConfig
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ class MixtureDataModule(L.LightningDataModule):
         if self._uses_shapes():
             return [SourceConfig(name="shapes", urls=self._write_shapes(), weight=1.0, task="t2i")]
         if not self.cfg.sources:
-            raise ValueError(f"data card {self.cfg.card!r}: source is webdataset but `sources` is empty")
+            raise DataError(f"data card {self.cfg.card!r}: source is webdataset but `sources` is empty")
         resolved = []
         for src in self.cfg.sources:
             urls = expand_urls(list(src.urls))
             if not urls:
-                raise ValueError(f"data source {src.name!r}: urls {list(src.urls)} match no shard")
+                raise DataError(f"data source {src.name!r}: urls {list(src.urls)} match no shard")
             resolved.append(SourceConfig(name=src.name, urls=urls, weight=src.weight, task=src.task))
         return resolved
 
@@ -132,7 +133,8 @@ class MixtureDataModule(L.LightningDataModule):
         for key, n in totals.items():
             before = self.skipped.counts.get(key, 0)
             if warn and n > before:
-                log.warning("data: skipped %d more sample(s) of %s (%d so far)", n - before, key, n)
+                log.warning("data: skipped %d more of %s (%d so far; each bad sample or shard counts once per "
+                            "pass over the data)", n - before, key, n)
         self.skipped.counts = totals
 
     # ------------------------------------------------------------------ resume
@@ -150,13 +152,15 @@ class MixtureDataModule(L.LightningDataModule):
                 "batches_per_step": self.batches_per_step, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        workers, rank = max(1, self.cfg.num_workers), self.plan_rank()[0]
+        workers, (rank, world) = max(1, self.cfg.num_workers), self.plan_rank()
         if state.get("version") != STATE_VERSION or state.get("workers") != workers:
-            raise ValueError(f"cannot resume the data stream: the checkpoint has {state.get('workers')} "
+            raise DataError(f"cannot resume the data stream: the checkpoint has {state.get('workers')} "
                              f"data workers, this run {workers}; set data.num_workers={state.get('workers')}")
-        if rank >= len(state["ranks"]):
-            raise ValueError(f"cannot resume the data stream: the checkpoint has {len(state['ranks'])} "
-                             f"ranks, this is rank {rank}; resume with the same devices and nodes")
+        # Each rank's stream position is its own: on another rank count some would be lost or
+        # invented. Every rank sees the same gathered list, so every rank refuses alike.
+        if len(state["ranks"]) != world:
+            raise DataError(f"cannot resume the data stream: the checkpoint was written by {len(state['ranks'])} "
+                             f"rank(s), this run has {world}; resume with the same trainer.devices x num_nodes")
         mine = state["ranks"][rank]
         self.consumed = int(mine["consumed"])
         self.roles = {r: s for r, s in enumerate(mine["roles"]) if s is not None}

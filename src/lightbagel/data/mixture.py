@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from itertools import accumulate
 
+from lightbagel.errors import DataError
 from lightbagel.recipe.schema import SourceConfig, StageConfig
 
 
@@ -25,24 +26,24 @@ class Schedule:
     def build(cls, sources: list[SourceConfig], stages: list[StageConfig]) -> "Schedule":
         names = tuple(s.name for s in sources)
         if len(set(names)) != len(names):
-            raise ValueError(f"data.sources: names must be unique, got {list(names)}")
+            raise DataError(f"data.sources: names must be unique, got {list(names)}")
         starts, tables = [0], [[float(s.weight) for s in sources]]
         for i, stage in enumerate(sorted(stages, key=lambda s: s.start_step)):
             unknown = set(stage.weights) - set(names)
             if unknown:
-                raise ValueError(f"data.stages[{i}].weights: unknown sources {sorted(unknown)}; "
+                raise DataError(f"data.stages[{i}].weights: unknown sources {sorted(unknown)}; "
                                  f"sources are {list(names)}")
             table = [float(stage.weights.get(n, 0.0)) for n in names]
             if stage.start_step == 0:
                 tables[0] = table
             elif stage.start_step == starts[-1]:
-                raise ValueError(f"data.stages: two stages start at step {stage.start_step}")
+                raise DataError(f"data.stages: two stages start at step {stage.start_step}")
             else:
                 starts.append(int(stage.start_step))
                 tables.append(table)
         for i, table in enumerate(tables):
             if any(w < 0 for w in table) or sum(table) <= 0:
-                raise ValueError(f"data mixture stage {i}: weights must be >= 0 with a positive sum, "
+                raise DataError(f"data mixture stage {i}: weights must be >= 0 with a positive sum, "
                                  f"got {dict(zip(names, table))}")
         cumulative = tuple(tuple(c / sum(t) for c in accumulate(t)) for t in tables)
         return cls(names, tuple(starts), cumulative)

@@ -26,12 +26,13 @@ from lightbagel.data.mixture import Schedule
 from lightbagel.data.samples import TRAINABLE, BadSample, to_record
 from lightbagel.data.shards import SkipCounter
 from lightbagel.data.streams import Slot, SourceStream
+from lightbagel.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # Skip reasons, in a fixed order so that ranks can sum their counts as one tensor.
 REASONS = ("unreadable_shard", "truncated_shard", "missing_key", "bad_task", "decode", "oversize",
-           "unsupported_task", "stage_switch")
+           "unsupported_task", "stage_switch", "unsupported_mode")
 MAX_CONSECUTIVE_BAD = 10_000
 
 
@@ -93,7 +94,7 @@ class SlotWorker:
             if prepared is None:
                 bad += 1
                 if bad >= MAX_CONSECUTIVE_BAD:
-                    raise RuntimeError(f"{bad} bad samples in a row; skipped: {self.skipped()}")
+                    raise DataError(f"{bad} bad samples in a row; skipped: {self.skipped()}")
                 continue
             bad = 0
             size, item = prepared

@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from lightbagel.data.images import UnsupportedMode, to_rgb
+
 TRAINABLE = ("t2i", "edit")
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 MAX_IMAGES = 16  # numbered images per sample that the parser looks for
@@ -73,7 +75,9 @@ def open_image(data: bytes, max_pixels: int, name: str = "") -> Image.Image:
     if width * height > max_pixels:
         raise BadSample("oversize", f"{name}: {width}x{height} > {max_pixels} pixels")
     try:
-        return image.convert("RGB")
+        return to_rgb(image)
+    except UnsupportedMode as exn:
+        raise BadSample("unsupported_mode", f"{name}: {exn}") from None
     except Exception as exn:  # truncated or corrupt pixel data
         raise BadSample("decode", f"{name}: {exn!r}") from None
 

@@ -38,6 +38,8 @@ from PIL import Image
 from webdataset.cache import StreamingOpen
 
 from lightbagel.data import shapes
+from lightbagel.data.images import to_rgb
+from lightbagel.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def make_sample(index: int, seed: int, image_size: int, weights: dict[str, float
 def _check_weights(weights: dict[str, float]) -> dict[str, float]:
     unknown = set(weights) - set(TASKS)
     if unknown or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"bad task_weights {weights}: tasks are {TASKS}, weights >= 0")
+        raise DataError(f"data.task_weights: {weights}: tasks are {TASKS}, weights >= 0 with a positive sum")
     return {task: float(weights.get(task, 0.0)) for task in TASKS}
 
 
@@ -165,7 +167,8 @@ def write_shapes_shards(
     ``{"t2i": 0.7, "edit": 0.3}``.
     """
     if num_samples < 1 or image_size < 8 or samples_per_shard < 1:
-        raise ValueError("need num_samples >= 1, image_size >= 8, samples_per_shard >= 1")
+        raise DataError(f"shapes shards need num_samples >= 1, image_size >= 8, samples_per_shard >= 1; got "
+                        f"{num_samples}, {image_size}, {samples_per_shard}")
     weights = _check_weights({"t2i": 0.7, "edit": 0.3} if task_weights is None else task_weights)
     params = {
         "format_version": FORMAT_VERSION,
@@ -301,7 +304,7 @@ def _check_tar_ends(dataset: wds.WebDataset, handler: _CountAndContinue) -> None
 def _rgb(image: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a decoded image, got {type(image).__name__}")
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def _to_record(sample: dict) -> dict:

@@ -25,6 +25,7 @@ from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
 from lightbagel.data.shards import SkipCounter, _TarEndCheck
+from lightbagel.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,14 @@ class Slot:
     count: int = 1
 
 
-def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
+def read_shard(url: str, counter: SkipCounter | None) -> Iterator[dict]:
     """Raw samples (field -> bytes) of one tar shard; an unreadable or truncated shard is counted
-    and ends early instead of raising."""
+    (unless `counter` is None) and ends early instead of raising."""
     try:
         stream = _TarEndCheck(wds.gopen(url), url)
     except Exception as exn:
-        counter.add("unreadable_shard", f"{url}: {exn!r}")
+        if counter is not None:
+            counter.add("unreadable_shard", f"{url}: {exn!r}")
         return
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -76,7 +78,8 @@ def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
             if current is not None:
                 yield current
     except Exception as exn:  # truncated stream, bad header: the rest of this shard is lost
-        counter.add("truncated_shard", f"{url}: {exn!r}")
+        if counter is not None:
+            counter.add("truncated_shard", f"{url}: {exn!r}")
     finally:
         stream.close()
 
@@ -87,7 +90,7 @@ class SourceStream:
     def __init__(self, name: str, urls: list[str], slot: Slot, seed: int, block_size: int,
                  counter: SkipCounter):
         if not urls:
-            raise ValueError(f"data source {name!r}: no shards; check its urls in the data card")
+            raise DataError(f"data source {name!r}: no shards; check its urls in the data card")
         self.name, self.urls, self.slot, self.seed = name, urls, slot, seed
         self.block_size, self.counter = max(1, block_size), counter
         self.start: list[int] = [0, 0, 0]  # [epoch, shard_pos, offset] of the current block
@@ -140,17 +143,20 @@ class SourceStream:
         empty_epochs = 0
         while True:
             shards, by_sample = self.shards(epoch)
+            # Split by sample, every slot reads every shard: only slot 0 counts a bad shard, so a
+            # pass counts it once, not once per reader.
+            counter = self.counter if not by_sample or self.slot.index == 0 else None
             found = False
             for pos in range(shard_pos, len(shards)):
                 skip = offset if pos == shard_pos else 0
-                for i, sample in enumerate(read_shard(shards[pos], self.counter)):
+                for i, sample in enumerate(read_shard(shards[pos], counter)):
                     if i < skip or (by_sample and i % self.slot.count != self.slot.index):
                         continue
                     found = True
                     yield sample, [epoch, pos, i + 1]
             empty_epochs = 0 if found else empty_epochs + 1
             if empty_epochs >= 2:  # a whole epoch without one sample: never going to get any
-                raise RuntimeError(
+                raise DataError(
                     f"data source {self.name!r}: no readable samples for slot {self.slot.index} "
                     f"of {self.slot.count}; skipped so far: {self.counter.as_dict()}")
             epoch, shard_pos, offset = epoch + 1, 0, 0

@@ -21,7 +21,8 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        experiment, artifact_location=_artifacts_beside(tracking_uri))
     run = client.create_run(experiment_id, run_name=run_name)
     run_id = run.info.run_id
     for key, value in params.items():
@@ -32,6 +33,15 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
+
+
+def _artifacts_beside(tracking_uri: str) -> Optional[str]:
+    """A local sqlite store keeps its artifacts next to it; MLflow's default is ./mlruns in the
+    working directory (which may be a source tree). Other stores choose their own."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlartifacts").as_uri()
 
 
 def comparison_table(rows: dict[str, dict[str, float]]) -> str:

@@ -53,18 +53,21 @@ class LightBagelPipeline:
         self.recipe, self.device = recipe, torch.device(device)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu", dtype: Optional[str] = None):
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu", dtype: Optional[str] = None,
+                        trust_remote_code: bool = False):
         """Loads a `lightbagel-fit` export (model.safetensors + recipe.yaml).
 
         `dtype` (a precision.DTYPES name) is what every weight computes in, but the fp32 list of
         precision.py (VAE, rotary tables, timestep path); default: the training compute dtype.
+        The folder's recipe may not turn on code loading; only `trust_remote_code=True` here may
+        (training/export.py).
         """
         directory = Path(directory)
         if not (directory / RECIPE).is_file():
             raise FileNotFoundError(f"{directory} holds no {RECIPE}; pass a lightbagel-fit export dir "
                                     f"(e.g. outputs/tiny/export)")
         recipe = resolved_recipe(directory / RECIPE)
-        model = load_exported(directory, device=device)
+        model = load_exported(directory, device=device, trust_remote_code=trust_remote_code)
         compute = dtype_named(dtype, "--dtype") if dtype is not None else training_plan(recipe).precision.compute
         return cls(apply_precision(model, inference_plan(recipe, compute)), recipe, device)
 

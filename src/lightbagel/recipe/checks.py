@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lightbagel import registry
 from lightbagel.data.samples import TASKS
 from lightbagel.recipe.messages import Origins, RecipeError, first_line
-from lightbagel.recipe.schema import CHOICES
+from lightbagel.recipe.schema import CHOICES, RANGES
 
 # Keys that name code: the registry the code dispatches on is their one list of allowed names.
 # Looked up on the module at call time so tests can swap a registry in.
@@ -23,17 +23,7 @@ REGISTRY_KEYS = {
     "fusion.block": "FUSION",
     "trainer.strategy": "STRATEGY",
 }
-_UNIT = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_POSITIVE = ("> 0", lambda v: v > 0)
-_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "objective.text_dropout": _UNIT,
-    "objective.vae_dropout": _UNIT,
-    "objective.vit_dropout": _UNIT,
-    "fusion.depth_offset": _UNIT,
-    "objective.timestep_shift": _POSITIVE,
-    "trainer.max_steps": _POSITIVE,
-    "data.batch_size": _POSITIVE,
-}
+
 
 
 def resolve(cfg: DictConfig, origins: Origins) -> DictConfig:
@@ -51,10 +41,10 @@ def resolve(cfg: DictConfig, origins: Origins) -> DictConfig:
 
 
 def check_values(cfg: DictConfig, origins: Origins) -> None:
-    for key, (wanted, ok) in _RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if not ok(value):
-            raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
+    for pattern, (wanted, ok) in RANGES.items():
+        for key, value in _range_values(cfg, pattern):
+            if value is not None and not ok(value):
+                raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
     # Closed sets before registries: registry lookups import the adapter modules.
     for key in [*CHOICES, *REGISTRY_KEYS]:
         label, allowed = allowed_values(key)
@@ -63,6 +53,17 @@ def check_values(cfg: DictConfig, origins: Origins) -> None:
             listed = ", ".join(allowed) or "(none registered)"
             raise RecipeError(f"{origins.of(key)}: {key}: unknown {label} {value!r}; allowed: {listed}")
     _check_source_tasks(cfg, origins)
+
+
+def _range_values(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for a RANGES key; "a[].b" stands for key b of every item of list a."""
+    head, sep, tail = pattern.partition("[]")
+    if not sep:
+        yield pattern, OmegaConf.select(cfg, pattern)
+        return
+    for i, item in enumerate(OmegaConf.select(cfg, head) or ()):
+        key = f"{head}[{i}]{tail}"
+        yield key, OmegaConf.select(item, tail.lstrip(".")) if tail else item
 
 
 def _check_source_tasks(cfg: DictConfig, origins: Origins) -> None:

@@ -7,7 +7,7 @@ or a wrong type is rejected before anything is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 KINDS = ("understanding", "generation", "fusion", "data", "trainer")
 
@@ -288,3 +288,39 @@ class RecipeConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+# Value ranges, checked after merging (recipe/compose.py), so a value that cannot work stops the
+# recipe before anything is built. A None value of an Optional key is never checked; "a[].b" checks
+# key b of every item of list a. Each entry: (the range as the error message shows it, the test).
+Range = Tuple[str, Callable[[Any], bool]]
+_UNIT: Range = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+_UNIT_OPEN: Range = ("in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_POSITIVE: Range = ("> 0", lambda v: v > 0)
+_NON_NEGATIVE: Range = (">= 0", lambda v: v >= 0)
+_POSITIVE_KEYS = (
+    "understanding.min_pixels", "understanding.max_pixels", "generation.num_train_timesteps",
+    "fusion.num_heads", "fusion.head_dim", "fusion.eps",
+    "data.num_samples", "data.image_size", "data.batch_size", "data.vit_image_size",
+    "data.resolution.vae_min_short", "data.resolution.vae_max_long", "data.resolution.vae_multiple",
+    "data.resolution.vit_min_short", "data.resolution.vit_max_long", "data.resolution.vit_multiple",
+    "data.resolution.max_image_pixels", "data.packing.token_budget", "data.packing.max_wait",
+    "trainer.num_nodes", "trainer.max_steps", "trainer.log_every_n_steps",
+    "trainer.sample_steps", "trainer.eval_per_category", "trainer.gradient_clip_val",
+    "trainer.accumulate_grad_batches", "trainer.num_threads", "trainer.keep_checkpoints",
+    "trainer.max_nonfinite_steps", "trainer.lora.rank", "trainer.lora.alpha",
+    "objective.timestep_shift", "objective.logit_std", "optim.lr", "optim.eps",
+)
+_NON_NEGATIVE_KEYS = (
+    "data.num_workers", "data.shuffle_buffer", "data.sources[].weight", "data.stages[].start_step",
+    "trainer.num_sample_images", "trainer.sample_every_n_steps", "trainer.eval_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
+    "optim.weight_decay", "optim.warmup_steps",
+)
+RANGES: Dict[str, Range] = {
+    **dict.fromkeys(_POSITIVE_KEYS, _POSITIVE),
+    **dict.fromkeys(_NON_NEGATIVE_KEYS, _NON_NEGATIVE),
+    **dict.fromkeys(("objective.text_dropout", "objective.vae_dropout", "objective.vit_dropout",
+                     "fusion.depth_offset", "trainer.ema.decay"), _UNIT),
+    **dict.fromkeys(("trainer.lora.dropout", "optim.betas[]"), _UNIT_OPEN),
+}

@@ -50,6 +50,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"{label}{where}: invalid YAML: {problem}") from None
     except OSError as exc:
         raise RecipeError(f"{label}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{label}: not a text file; a recipe or card is UTF-8 YAML") from None
     if not isinstance(node, DictConfig):
         raise RecipeError(f"{label}: expected a mapping of keys at the top level")
     return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
@@ -62,6 +64,9 @@ def read_chain(path: Path) -> list[tuple[Path, Layer]]:
     referrer: str | None = None
     while True:
         where = f"{referrer}: base: " if referrer else ""
+        if path.is_dir():
+            inside = ", ".join(available_recipes(path)) or "(none)"
+            raise RecipeError(f"{where}{show(path)} is a directory; pass a recipe file in it: {inside}")
         if not path.is_file():
             known = ", ".join(available_recipes(path.parent)) or "(none)"
             here = f"available in {show(path.parent)}: {known}"

@@ -6,6 +6,7 @@ same layout, EMA weights) and, for LoRA runs, `adapter/` (peft format) beside me
 from __future__ import annotations
 
 import copy
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -14,8 +15,9 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from lightbagel.errors import CheckpointError, first_line
 from lightbagel.recipe.schema import RecipeConfig
-from lightbagel.training.export import export_model
+from lightbagel.training.export import export_model, parse_recipe, refuse_code_loading
 from lightbagel.training.lora import lora_layers, merge_lora, save_adapters
 
 META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint
@@ -82,21 +84,33 @@ def unsharded(recipe: RecipeConfig, state: Optional[dict] = None):
     return module
 
 
-def read_checkpoint_recipe(ckpt: Path) -> RecipeConfig:
+def read_checkpoint_recipe(ckpt: Path, trust_remote_code: bool = False) -> RecipeConfig:
+    """The recipe a checkpoint was trained with; like a model folder's, it may not turn on code loading."""
     meta_path = ckpt / META if ckpt.is_dir() else ckpt
     if not meta_path.is_file():
         raise FileNotFoundError(f"{ckpt} is not a lightbagel checkpoint (no {META}); pass a step-*.ckpt path")
-    meta = torch.load(meta_path, map_location="cpu", weights_only=True, mmap=not ckpt.is_dir())
+    meta = safe_load(meta_path, mmap=not ckpt.is_dir())
     if "recipe_yaml" not in meta:
         raise KeyError(f"{ckpt} holds no recipe (saved before lightbagel stored one); export with the CLI's --recipe")
-    merged = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.create(meta["recipe_yaml"]))
-    return OmegaConf.to_object(merged)
+    return refuse_code_loading(parse_recipe(meta["recipe_yaml"], ckpt), ckpt, trust_remote_code)
 
 
-def export_checkpoint(ckpt: Path | str, out_dir: Path | str) -> Path:
+def safe_load(path: Path, mmap: bool = False) -> dict:
+    """torch.load of tensors and plain containers only; anything else (a pickle that would run
+    code, a truncated file) is a one-line CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values, "
+                              f"which could run code on loading ({first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(exc)})") from None
+
+
+def export_checkpoint(ckpt: Path | str, out_dir: Path | str, trust_remote_code: bool = False) -> Path:
     """A checkpoint from any number of ranks (or a single-file one) -> one safetensors export."""
     ckpt, out_dir = Path(ckpt), Path(out_dir)
-    recipe = read_checkpoint_recipe(ckpt)
+    recipe = read_checkpoint_recipe(ckpt, trust_remote_code)
     module = unsharded(recipe)
     if ckpt.is_dir():
         import torch.distributed.checkpoint as dcp
@@ -105,5 +119,5 @@ def export_checkpoint(ckpt: Path | str, out_dir: Path | str) -> Path:
         dcp.load(state, checkpoint_id=str(ckpt), no_dist=True)  # reassembles the shards in place
         module.load_state_dict(state["state_dict"])
     else:
-        module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+        module.load_state_dict(safe_load(ckpt)["state_dict"])
     return export_module(module, out_dir)

@@ -9,12 +9,16 @@ killed while saving leaves the previous checkpoint as the newest complete one.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import lightning as L
+import torch
+
+from lightbagel.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,44 @@ def complete_checkpoints(dirpath: Path | str) -> list[Path]:
 def latest_checkpoint(dirpath: Path | str) -> Optional[Path]:
     found = complete_checkpoints(dirpath)
     return found[-1] if found else None
+
+
+def newest_loadable(dirpath: Path | str) -> Optional[Path]:
+    """The newest complete checkpoint that reads back; each newer unreadable one (truncated by a
+    full disk, corrupt, not a checkpoint) is skipped with a one-line warning."""
+    for ckpt in reversed(complete_checkpoints(dirpath)):
+        problem = unreadable(ckpt)
+        if problem is None:
+            return ckpt
+        log.warning("checkpoint %s is unreadable (%s); falling back to an older one", ckpt, problem)
+    return None
+
+
+def unreadable(ckpt: Path) -> Optional[str]:
+    """Why `ckpt` cannot be loaded, or None. Cheap: tensors are memory-mapped or only sized, not read."""
+    try:
+        if ckpt.is_dir():
+            torch.load(ckpt / "meta.pt", map_location="cpu", weights_only=True)
+            _check_shard_sizes(ckpt)
+        else:
+            torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        return first_line(exc)
+    return None
+
+
+def _check_shard_sizes(ckpt: Path) -> None:
+    """Every byte range the sharded checkpoint's metadata points at lies inside its shard file."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    ends: dict[str, int] = {}
+    for info in FileSystemReader(str(ckpt)).read_metadata().storage_data.values():
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in ends.items():
+        size = (ckpt / name).stat().st_size
+        if size < end:
+            raise ValueError(f"shard {name} is truncated ({size} of {end} bytes)")
+
 
 
 def _remove(path: Path) -> None:
@@ -76,7 +118,14 @@ class AtomicCheckpoint(L.Callback):
             for stale in self.dirpath.glob(f"{_TMP_PREFIX}*"):  # left by a run killed mid-save
                 _remove(stale)
         trainer.strategy.barrier("lightbagel.checkpoint.prepare")
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank writes its shard; ends with a barrier
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # every rank writes its shard; ends with a barrier
+        except OSError as exc:  # a full disk, a quota: the run cannot keep its promise to resume
+            _remove(tmp)
+            previous = latest_checkpoint(self.dirpath)
+            kept = f"{previous.name} stays the resume point" if previous else "no earlier checkpoint to resume"
+            raise CheckpointError(f"cannot write checkpoint {final}: {exc.strerror or exc}; removed the partial "
+                                  f"file; {kept}") from None
         if trainer.is_global_zero:
             _remove(final)
             tmp.rename(final)

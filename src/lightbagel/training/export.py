@@ -11,25 +11,32 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lightbagel.errors import ModelFolderError, first_line
 from lightbagel.model import LightBagel, build_model
 from lightbagel.recipe.schema import RecipeConfig
 
 WEIGHTS, RECIPE = "model.safetensors", "recipe.yaml"
 
 
+def random_init_prefixes(recipe: RecipeConfig) -> tuple[str, ...]:
+    """Model parts built from a config with random weights: no hub id or directory restores them."""
+    parts = {"und.": recipe.understanding.pretrained, "gen.dit.": recipe.generation.pretrained,
+             "gen.vae.": recipe.generation.vae.pretrained}
+    return tuple(prefix for prefix, pretrained in parts.items() if pretrained is None)
+
+
 def exported_state(model: LightBagel, recipe: RecipeConfig) -> dict[str, torch.Tensor]:
-    keep_frozen = {
-        "und.": recipe.understanding.pretrained is None,
-        "gen.dit.": recipe.generation.pretrained is None,
-        "gen.vae.": recipe.generation.vae.pretrained is None,
-    }
+    keep_frozen = random_init_prefixes(recipe)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     state, seen = {}, set()
     for name, tensor in model.state_dict().items():
-        if name in trainable or any(name.startswith(p) and keep for p, keep in keep_frozen.items()):
+        if name in trainable or name.startswith(keep_frozen):
             # safetensors refuses tensors sharing storage (tied weights): copy the repeats.
             ptr = tensor.data_ptr()
             state[name] = tensor.detach().clone() if ptr in seen else tensor.detach().contiguous()
@@ -59,18 +66,74 @@ def export_model(model: LightBagel, recipe: RecipeConfig, recipe_yaml: str, out_
 
 def resolved_recipe(path: Path) -> RecipeConfig:
     """A fully resolved recipe (as exported) needs no cards: validate it against the schema."""
-    merged = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(path))
-    return OmegaConf.to_object(merged)
+    try:
+        return parse_recipe(path.read_text(), path)
+    except UnicodeDecodeError:
+        raise ModelFolderError(f"{path}: not a text file; expected the recipe.yaml of an export") from None
+    except OSError as exc:
+        raise ModelFolderError(f"{path}: cannot read: {exc.strerror}; pass a lightbagel-fit export dir") from None
 
 
-def load_exported(out_dir: Path | str, device: str = "cpu") -> LightBagel:
-    """Rebuilds the model from `recipe.yaml` and loads the exported weights into it."""
+def parse_recipe(text: str, where: Path) -> RecipeConfig:
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.create(text)))
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        key = getattr(exc, "full_key", None)
+        raise ModelFolderError(f"{where}:{f' {key}:' if key else ''} not a lightbagel recipe: "
+                               f"{first_line(exc)}") from None
+
+
+def refuse_code_loading(recipe: RecipeConfig, where: Path, trust_remote_code: bool) -> RecipeConfig:
+    """A recipe stored in a model folder or checkpoint may not turn on code loading: a folder from
+    elsewhere would run its own Python. Only the user's own flag (`trust_remote_code`) may."""
+    if recipe.understanding.trust_remote_code and not trust_remote_code:
+        raise ModelFolderError(
+            f"{where}: understanding.trust_remote_code: true is not honoured from a model folder (it would run "
+            "code the folder points to); pass --trust-remote-code if you trust that code")
+    return recipe
+
+
+def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file, or a one-line ModelFolderError naming it (missing, truncated, not safetensors)."""
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: not found; lightbagel-fit writes it under OUTPUT_DIR/export")
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFolderError(f"{path}: not a readable safetensors file ({first_line(exc)}); "
+                               "export the model again") from None
+
+
+def check_weights(path: Path, state: dict[str, torch.Tensor], model: LightBagel, required=()) -> None:
+    """Every weight in `state` fits `model`, and every `required` name is there; else one line
+    naming the file and the first mismatching key."""
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name not in own:
+            raise ModelFolderError(f"{path}: weight {name!r} is not in the model its recipe builds; "
+                                   "the recipe does not match the weights")
+        if tensor.shape != own[name].shape:
+            raise ModelFolderError(f"{path}: weight {name!r} has shape {tuple(tensor.shape)}, the recipe's "
+                                   f"model {tuple(own[name].shape)}; the recipe does not match the weights")
+    absent = [name for name in required if name not in state]
+    if absent:
+        raise ModelFolderError(f"{path}: lacks weight {absent[0]!r} (and {len(absent) - 1} more) that the recipe's "
+                               "model needs; the recipe does not match the weights")
+
+
+def load_exported(out_dir: Path | str, device: str = "cpu", trust_remote_code: bool = False) -> LightBagel:
+    """Rebuilds the model from `recipe.yaml` and loads the exported weights into it.
+
+    Code loading (`understanding.trust_remote_code`) is honoured only when the caller passes
+    `trust_remote_code=True`, never from the folder's own recipe."""
     out_dir = Path(out_dir)
-    recipe = resolved_recipe(out_dir / RECIPE)
+    recipe = refuse_code_loading(resolved_recipe(out_dir / RECIPE), out_dir / RECIPE, trust_remote_code)
     model = build_model(recipe)
-    state = load_file(out_dir / WEIGHTS, device=device)
-    missing = set(state) - set(model.state_dict())
-    if missing:
-        raise KeyError(f"{out_dir / WEIGHTS} holds weights this recipe's model lacks: {sorted(missing)[:5]}")
+    state = read_weights(out_dir / WEIGHTS, device=device)
+    # An export always holds the random-initialised parts and the fusion blocks (exported_state).
+    required = [n for n in model.state_dict() if n.startswith(random_init_prefixes(recipe))]
+    required += [n for n, _ in model.named_parameters() if n.startswith("fusion.")]
+    check_weights(out_dir / WEIGHTS, state, model, required)
     model.load_state_dict(state, strict=False)
     return model.to(device)
+

@@ -16,11 +16,12 @@ from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
+from lightbagel.errors import CheckpointError
 from lightbagel.precision import precision_of
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
-from lightbagel.training.checkpointing import AtomicCheckpoint, latest_checkpoint
+from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.module import LightBagelModule
 from lightbagel.training.nan_guard import NonFiniteGuard
 from lightbagel.training.strategy import is_sharded, make_strategy
@@ -73,9 +74,21 @@ def make_logger(recipe: Recipe, out: Path) -> Optional[MLFlowLogger]:
     return logger
 
 
+def resume_point(dirpath: Path, tr) -> Optional[Path]:
+    """The newest complete checkpoint that reads back (resume after a crash), if this run's strategy
+    can load it: a sharded one (a directory) needs fsdp2, a single file any other strategy."""
+    last = newest_loadable(dirpath)
+    if last is not None and last.is_dir() != is_sharded(tr):
+        written = "sharded, by trainer.strategy=fsdp2" if last.is_dir() else "as one file, by a non-sharded strategy"
+        raise CheckpointError(f"{last} was written {written}; this run has trainer.strategy={tr.strategy}: "
+                              "resume with the strategy that wrote it, or use another output_dir")
+    return last
+
+
 def fit(recipe: Recipe) -> FitResult:
     cfg = recipe.config
     out = Path(cfg.output_dir)
+    last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -115,7 +128,6 @@ def fit(recipe: Recipe) -> FitResult:
         enable_progress_bar=tr.enable_progress_bar, logger=logger if logger is not None else False,
         callbacks=callbacks, default_root_dir=out, enable_model_summary=True, enable_checkpointing=False,
     )
-    last = latest_checkpoint(out / "checkpoints")  # the newest complete one: resume after a crash
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
     export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
     if logger is not None:

@@ -15,10 +15,11 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from lightbagel.recipe.schema import LoraConfig
+from lightbagel.training.export import read_weights
 
 # Where each component lives inside LightBagel.
 COMPONENT_PREFIX = {"understanding": "und", "generation": "gen.dit", "fusion": "fusion"}
@@ -82,7 +83,7 @@ def load_adapters(model: nn.Module, adapter_dir: Path | str) -> nn.Module:
     """Injects the saved adapters' LoRA layers into a base model and loads their weights."""
     adapter_dir = Path(adapter_dir)
     add_lora(model, PeftLoraConfig.from_pretrained(str(adapter_dir)))
-    saved = load_file(adapter_dir / WEIGHTS)
+    saved = read_weights(adapter_dir / WEIGHTS)  # one line when missing, truncated or not safetensors
     state = {}
     for name, tensor in saved.items():
         module, _, kind = name.removeprefix(PEFT_PREFIX).rpartition(".lora_")

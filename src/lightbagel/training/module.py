@@ -13,7 +13,6 @@ from typing import Optional
 import lightning as L
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs, gen_inputs
@@ -22,6 +21,7 @@ from lightbagel.precision import apply_precision, refuse_bf16_masters, training_
 from lightbagel.recipe.schema import ObjectiveConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
+from lightbagel.training.export import WEIGHTS, check_weights, read_weights
 from lightbagel.training.flops import stream_weights, train_flops
 from lightbagel.training.lora import add_lora
 from lightbagel.training.randomness import draw, sample_seeds
@@ -148,13 +148,10 @@ class LightBagelModule(L.LightningModule):
 
 def load_init(model: LightBagel, export_dir: str | Path) -> None:
     """Initialises from a `lightbagel-fit` export (`model.safetensors`): fine-tuning a trained model."""
-    path = Path(export_dir) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from: {path} not found; point init_from at a lightbagel-fit export dir")
-    result = model.load_state_dict(load_file(path), strict=False)
-    if result.unexpected_keys:
-        raise KeyError(f"init_from: {path} holds weights this recipe's model lacks: {result.unexpected_keys[:3]}"
-                       "; use the recipe the export was trained with")
+    path = Path(export_dir) / WEIGHTS
+    state = read_weights(path)  # a one-line ModelFolderError when missing, truncated or not safetensors
+    check_weights(path, state, model)
+    model.load_state_dict(state, strict=False)
 
 
 def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig,

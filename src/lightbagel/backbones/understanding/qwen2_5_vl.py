@@ -182,7 +182,9 @@ def _image_processor(cfg: UnderstandingConfig, vision) -> Qwen2VLImageProcessorP
             patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
             temporal_patch_size=vision.temporal_patch_size, size=size,
         )
-    processor = AutoImageProcessor.from_pretrained(cfg.pretrained, revision=cfg.revision or "main", use_fast=False)
+    # trust_remote_code given explicitly: left unset, transformers may ask on a terminal instead.
+    processor = AutoImageProcessor.from_pretrained(cfg.pretrained, revision=cfg.revision or "main", use_fast=False,
+                                                   trust_remote_code=cfg.trust_remote_code)
     processor.size = size
     return processor
 
