@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 from lightbagel.cli.common import recipe_or_none
+from lightbagel.recipe import Recipe
 
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
@@ -20,21 +23,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe YAML (default: {DEFAULT_RECIPE})")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over in a new folder beside the recipe's output_dir (NAME-2, ...), keeping the old")
+    parser.add_argument("--list", action="store_true", help="list the recipes and every card per kind, and exit")
     return parser.parse_args(argv)
+
+
+def run_name(recipe: Recipe, overrides: list[str]) -> str:
+    """The MLflow run name: the output folder plus the overrides that make this run differ."""
+    shown = [o for o in overrides if not o.startswith(("output_dir=", "data.root=", "trainer.mlflow."))]
+    return " ".join([Path(recipe.config.output_dir).name, *shown])[:250]
+
+
+def fresh_recipe(args, recipe: Recipe) -> Recipe | None:
+    """The recipe again with output_dir moved to a folder that holds no run yet."""
+    from lightbagel.training.runs import fresh_output_dir
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        print("lightbagel-fit: --fresh picks its folder per process; with several processes give name=NAME instead",
+              file=sys.stderr)
+        return None
+    out = fresh_output_dir(Path(recipe.config.output_dir))
+    return recipe_or_none("lightbagel-fit", args.recipe, [*args.overrides, f"output_dir={out}"])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list:
+        from lightbagel.cli.listing import listing
+
+        print(listing())
+        return 0
     recipe = recipe_or_none("lightbagel-fit", args.recipe, args.overrides)
+    if recipe is not None and args.fresh:
+        recipe = fresh_recipe(args, recipe)
     if recipe is None:
         return 2
     if args.print_recipe:
         print(recipe.to_yaml())
         return 0
     from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
+    from lightbagel.training.runs import RunError
 
     start = time.perf_counter()
-    result = fit(recipe)
+    try:
+        result = fit(recipe, run_name(recipe, args.overrides))
+    except RunError as err:
+        print(f"lightbagel-fit: {err}", file=sys.stderr)
+        return 2
     minutes = (time.perf_counter() - start) / 60
     if result.first_loss is None:  # resumed from a checkpoint already at max_steps
         print(f"nothing to train: {recipe.config.output_dir} is already at trainer.max_steps")

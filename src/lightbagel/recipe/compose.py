@@ -17,7 +17,9 @@ Recipe format::
 Cards. Each kind (understanding, generation, fusion, data, trainer) names a card: card NAME of
 kind K is the file `K/NAME.yaml` in the first component directory holding it, searched in
 `<recipe dir>/../components` (the recipe's, then each base's), every directory in
-`$LIGHTBAGEL_COMPONENTS` (os.pathsep-separated), then `./components`. A card holds the kind's
+`$LIGHTBAGEL_COMPONENTS` (os.pathsep-separated), `./components`, then the cards shipped inside the
+package (`lightbagel/components`, so an installed package finds them from any folder while a
+project's own cards of the same name win). A card holds the kind's
 schema fields (schema.py) except `card`, which is filled in with the card's name.
 
 Inheritance. With `base`, the base recipe applies first and this file overrides it. For a kind,
@@ -55,6 +57,7 @@ from lightbagel.recipe.schema import CHOICES, KINDS, RecipeConfig
 CLI = "command line"
 ENV_VAR = "LIGHTBAGEL_COMPONENTS"
 PARAM_MAX_CHARS = 500  # MLflow's historical limit on a param value
+SHIPPED_COMPONENTS = Path(__file__).resolve().parent.parent / "components"  # package data
 
 # Registry holding the allowed names of a key; looked up on the module at call time so tests
 # can swap a registry in.
@@ -150,7 +153,7 @@ def component_search_path(recipe_files: Sequence[str | Path]) -> list[Path]:
     """Component directories in lookup order (see the module docstring), without repeats."""
     dirs = [Path(f).resolve().parent.parent / "components" for f in recipe_files]
     dirs += [Path(d) for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
-    dirs.append(Path("components"))
+    dirs += [Path("components"), SHIPPED_COMPONENTS]
     unique: dict[Path, None] = {}
     for d in dirs:
         unique.setdefault(d.resolve(), None)
