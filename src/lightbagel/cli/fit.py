@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from lightbagel.cli.common import recipe_or_none
+from lightbagel.cli.common import Parser, recipe_or_none, with_overrides
 from lightbagel.recipe import Recipe
 
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lightbagel-fit",
         description="Train a LightBagel model from a recipe. Overrides are dotted KEY=VALUE pairs.",
         epilog="example: lightbagel-fit recipes/tiny.yaml trainer.max_steps=50 understanding=tiny_qwen2_5_vl",
@@ -31,8 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_name(recipe: Recipe, overrides: list[str]) -> str:
     """The MLflow run name: the output folder plus the overrides that make this run differ."""
-    shown = [o for o in overrides if not o.startswith(("output_dir=", "data.root=", "trainer.mlflow."))]
-    return " ".join([Path(recipe.config.output_dir).name, *shown])[:250]
+    return with_overrides(Path(recipe.config.output_dir).name, overrides)
 
 
 def fresh_recipe(args, recipe: Recipe) -> Recipe | None:
