@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     inspect.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides")
     inspect.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
     inspect.add_argument("--vae-multiple", type=positive_int, default=None,
-                         help="pixels per VAE token side (default: the card's, else 32 as for Wan2.2)")
+                         help="pixels per VAE token side (default: the card's, else the recipe's DiT and VAE)")
     render = sub.add_parser("render", help="draw a shapes-world caption as a PNG (an input for edit and chat)")
     render.add_argument("caption", help='e.g. "a red circle left of a blue square"')
     render.add_argument("out", type=Path, help="PNG to write")
@@ -67,6 +67,19 @@ def convert(args) -> int:
     return 0
 
 
+def vae_multiple(recipe) -> int:
+    """Pixels per VAE token side of the recipe's generation model, as training counts them
+    (VAE factor x DiT patch), from a weightless build on the meta device."""
+    import torch
+
+    from lightbagel.model import without_weights
+    from lightbagel.registry import GENERATION
+
+    with torch.device("meta"):
+        gen = GENERATION.get(recipe.generation.adapter)(without_weights(recipe).generation)
+    return gen.vae.spatial_factor * gen.patch_size[1]
+
+
 def inspect(args) -> int:
     from lightbagel.data.convert import histogram, inspect_mixture, sample_grid
     from lightbagel.data.datamodule import MixtureDataModule
@@ -75,7 +88,7 @@ def inspect(args) -> int:
     cfg = recipe.config.data
     dm = MixtureDataModule(cfg, processor=None)  # no model is built to read shards
     sources = dm._resolve_sources()
-    multiple = cfg.resolution.vae_multiple or args.vae_multiple or 32
+    multiple = cfg.resolution.vae_multiple or args.vae_multiple or vae_multiple(recipe.config)
     report = inspect_mixture(cfg, {s.name: list(s.urls) for s in sources}, multiple)
     for source in sources:
         entry = report["sources"][source.name]

@@ -66,11 +66,11 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
     out.mkdir(parents=True, exist_ok=True)
     args.out = str(out)
     written, records = [], []
-    for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch"):
+    for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch", disable=None):
         chunk = jobs[start:start + args.batch_size]
         seeds = [args.seed + start + i for i in range(len(chunk))]
         result = pipe([j[0] for j in chunk], images=[j[1] for j in chunk], height=args.size, width=args.size,
-                      config=cfg, seed=seeds, progress=True)
+                      config=cfg, seed=seeds, progress=sys.stderr.isatty())
         for i, (image, (prompt, srcs, k)) in enumerate(zip(result.images, chunk)):
             path = out / f"{start + i:05d}.png"
             image.save(path)
