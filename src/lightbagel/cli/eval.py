@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--imgedit", type=Path, help="ImgEdit basic_edit.json")
     p.add_argument("--imgedit-images", type=Path, help="ImgEdit image root (Benchmark/singleturn)")
     p.add_argument("--samples", type=positive_int, default=4, help="images per prompt for GenEval and DPG-Bench")
-    p.add_argument("--size", type=positive_int, default=None, help="image side for public benchmarks (default: recipe's)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image side for public benchmarks (default: recipe's)")
     p.add_argument("--fid-feature", help="package.module:factory returning an nn.Module image -> features")
     p.add_argument("--clip-model", type=Path, help="local CLIP dir (CLIPModel + CLIPProcessor) for CLIP score")
     p.add_argument("--steps", type=positive_int, default=30)

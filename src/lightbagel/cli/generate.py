@@ -137,7 +137,8 @@ def edit_main(argv=None) -> int:
                                      epilog='example: lightbagel-edit --image scene.png "make the circle green"')
     parser.add_argument("instruction", help="the edit instruction")
     parser.add_argument("--image", action="append", required=True,
-                        help="source image; repeat for several sources of one edit (a test scene: lightbagel-data render)")
+                        help="source image; repeat for several sources of one edit "
+                             "(a test scene: lightbagel-data render)")
     _common(parser)
     _sampling(parser)
     args = parser.parse_args(argv)

@@ -20,7 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
     parser.add_argument("--gpus", type=positive_int, default=None, help="GPUs per node (default: trainer.devices)")
     parser.add_argument("--nodes", type=positive_int, default=None, help="nodes (default: trainer.num_nodes)")
-    parser.add_argument("--seq-len", type=positive_int, default=16384, help="tokens per packed sequence (default 16384)")
+    parser.add_argument("--seq-len", type=positive_int, default=16384,
+                        help="tokens per packed sequence (default 16384)")
     parser.add_argument("--text-tokens", type=positive_int, default=128, help="text tokens per sample (default 128)")
     parser.add_argument("--edit-fraction", type=float, default=None,
                         help="share of edit samples (default: data.task_weights)")

@@ -30,6 +30,7 @@ def write_shards(samples: Iterable[dict], out_dir: Path, prefix: str, per_shard:
     out_dir.mkdir(parents=True, exist_ok=True)
     pattern = os.path.join(str(out_dir).replace("%", "%%"), f"{prefix}-%06d.tar")
     with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as writer:
+        # disable=None: no bar frames when stderr is a log file
         for sample in tqdm(samples, total=total, desc=f"writing {prefix} shards", unit="sample", disable=None):
             writer.write(sample)
     return sorted(str(p) for p in out_dir.glob(f"{prefix}-*.tar"))

@@ -60,7 +60,7 @@ class LightBagelPipeline:
         return self.recipe.data.image_size
 
     def default_config(self, **overrides) -> SamplerConfig:
-        """DESIGN.md's sampler defaults, with the shift the model was trained at."""
+        """docs/design.md's sampler defaults, with the shift the model was trained at."""
         return replace(SamplerConfig(shift=self.recipe.objective.timestep_shift), **overrides)
 
     @torch.no_grad()
@@ -112,7 +112,7 @@ class LightBagelPipeline:
 
     def understand(self, question: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 32,
                    chat_template: bool = True) -> str:
-        """Greedy answer from the VLM alone: understanding bypasses fusion (DESIGN.md §1)."""
+        """Greedy answer from the VLM alone: understanding bypasses fusion (docs/design.md)."""
         ids = self.answer_tokens(question, images, max_new_tokens, chat_template)
         return self.model.und.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 

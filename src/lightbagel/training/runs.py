@@ -73,7 +73,8 @@ def check_resume(out: Path, recipe: dict, has_checkpoint: bool) -> Optional[dict
         shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in differ[:_SHOWN_KEYS])
         more = f" and {len(differ) - _SHOWN_KEYS} more" if len(differ) > _SHOWN_KEYS else ""
         raise RunError(f"{out} holds a run of another recipe ({shown}{more}); to start over add --fresh "
-                       f"(a new folder beside it, the old one kept) or give the run a new name=NAME (or output_dir=DIR)")
+                       "(a new folder beside it, the old one kept) or give the run a new name=NAME "
+                       "(or output_dir=DIR)")
     return record
 
 

@@ -56,9 +56,11 @@ def reopen(client, run_id: Optional[str]) -> Optional[str]:
     it is first marked KILLED. None when the store no longer holds the run."""
     if run_id is None:
         return None
+    from mlflow.exceptions import MlflowException
+
     try:
         run = client.get_run(run_id)
-    except Exception:  # MlflowException: deleted or another store; a new run replaces it
+    except MlflowException:  # deleted, or the record came from another store: a new run replaces it
         return None
     if run.info.status == "RUNNING":
         client.set_terminated(run_id, "KILLED")
@@ -108,11 +110,12 @@ def training_run(model_dir: Path) -> Optional[tuple[str, str, str]]:
     if record is None or not record.get("mlflow_run_id") or not (out / DB).is_file():
         return None
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     relocate(out)
     uri = store_uri(out)
     try:
         run = MlflowClient(tracking_uri=uri).get_run(record["mlflow_run_id"])
-    except Exception:  # MlflowException: the run was deleted from the store
+    except MlflowException:  # the run was deleted from the store
         return None
     return uri, run.info.experiment_id, run.info.run_id
