@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true",
                         help="start over in a new folder beside the recipe's output_dir (NAME-2, ...), keeping the old")
     parser.add_argument("--list", action="store_true", help="list the recipes and every card per kind, and exit")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may sit between overrides
 
 
 def run_name(recipe: Recipe, overrides: list[str]) -> str:
@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     if args.print_recipe:
         print(recipe.to_yaml())
         return 0
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
     from lightbagel.training.runs import RunError
 
@@ -70,6 +72,10 @@ def main(argv=None) -> int:
     except RunError as err:
         print(f"lightbagel-fit: {err}", file=sys.stderr)
         return 2
+    except SIGTERMException:  # Lightning stops the loop at a step boundary; MLflow has the run as KILLED
+        print(f"lightbagel-fit: stopped by SIGTERM; rerun the same command to resume from the newest checkpoint "
+              f"in {recipe.config.output_dir}/checkpoints", file=sys.stderr)
+        return 143
     minutes = (time.perf_counter() - start) / 60
     if result.first_loss is None:  # resumed from a checkpoint already at max_steps
         print(f"nothing to train: {recipe.config.output_dir} is already at trainer.max_steps")

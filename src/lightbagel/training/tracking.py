@@ -37,11 +37,23 @@ def relocate(out: Path) -> None:
     with closing(sqlite3.connect(db)) as con, con:
         stale = con.execute("SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location LIKE ?",
                             (f"%/{ARTIFACTS}",)).fetchall()
-        for (old,) in stale:
-            if old != new:
-                con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, old))
-                con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE artifact_uri LIKE ?",
-                            (new, len(old) + 1, f"{old}/%"))
+        moved = [old for (old,) in stale if old != new]
+        for old in moved:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, old))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE artifact_uri LIKE ?",
+                        (new, len(old) + 1, f"{old}/%"))
+    if moved:
+        _forget_artifact_locations()
+
+
+def _forget_artifact_locations() -> None:
+    """MLflow caches each run's artifact location by run id for the life of the process; a copy
+    of a folder has the same run ids, so a process that used the original must forget them."""
+    from mlflow.tracking._tracking_service import utils
+
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if cache is not None:
+        cache.clear()
 
 
 def experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
