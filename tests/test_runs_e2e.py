@@ -104,7 +104,7 @@ def test_readme_commands_do_what_the_readme_says(readme):
     client, run = mlflow_run(outputs / "tiny")
     assert run.info.run_id in first_run and run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1  # one run however often it was started
-    assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) >= 5
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss/train")) >= 5
 
 
 def test_a_mismatched_resume_fails_in_one_line(readme):
@@ -198,5 +198,5 @@ def test_a_killed_run_is_marked_and_resumed_into_the_same_mlflow_run(tmp_path):
     assert fit_cli.main([*argv, f"trainer.max_steps={stopped_at + 2}"]) == 0
     _, resumed = mlflow_run(out)
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss/train")]
     assert max(steps) >= stopped_at + 1

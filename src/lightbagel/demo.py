@@ -93,14 +93,14 @@ def _generate_tab(gr, actions: DemoActions) -> None:
     prompt = gr.Textbox(value=EXAMPLE_SCENE, label="prompt", elem_id="generate-prompt")
     controls = _sampling(gr)
     button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-    output = gr.Image(label="generated", type="pil", elem_id="generate-output")
+    output = gr.Image(label="generated", type="pil", format="png", elem_id="generate-output")
     button.click(_guarded(gr, actions.generate), [prompt, *controls], output)
 
 
 def _edit_tab(gr, actions: DemoActions) -> None:
     with gr.Row():
         source = gr.Image(label="source (upload, or render a scene below)", type="pil", elem_id="edit-source")
-        output = gr.Image(label="edited", type="pil", elem_id="edit-output")
+        output = gr.Image(label="edited", type="pil", format="png", elem_id="edit-output")
     _scene_row(gr, actions, source, "edit")
     instruction = gr.Textbox(value="make the circle green", label="instruction", elem_id="edit-instruction")
     controls = _sampling(gr, image_guidance=True)

@@ -83,7 +83,9 @@ def main(argv=None) -> int:
         print(f"done in {minutes:.1f} min; loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
     print(f"model: {result.export_path}")
     if result.tracking_uri:
-        print(f"mlflow: run {result.run_id}; open with `mlflow ui --backend-store-uri {result.tracking_uri}`")
+        print(f"mlflow: run {result.run_id}; open with `mlflow ui --backend-store-uri {result.tracking_uri}`, then "
+              f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"
+              "?workflowType=machine_learning")
     return 0
 
 

@@ -37,6 +37,7 @@ class FitResult:
     tracking_uri: Optional[str]
     first_loss: Optional[float]
     last_loss: Optional[float]
+    experiment_id: Optional[str] = None
 
 
 class LossHistory(L.Callback):
@@ -107,7 +108,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
         logger.experiment.log_artifact(logger.run_id, str(export))
     return FitResult(out, export, run_id, uri,
                      history.losses[0] if history.losses else None,
-                     history.losses[-1] if history.losses else None)
+                     history.losses[-1] if history.losses else None, getattr(logger, "experiment_id", None))
 
 
 def _callbacks(cfg, module: LightBagelModule, data, out: Path, logged: bool) -> list[L.Callback]:
