@@ -164,7 +164,7 @@ def test_a_second_fit_on_a_busy_folder_is_refused(tmp_path, capsys):
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert fit_cli.main([str(REPO / "recipes/tiny.yaml"), f"output_dir={out}", *FAST]) == 2
+        assert fit_cli.main([str(REPO / "recipes/tiny.yaml"), f"output_dir={out}", *FAST, "trainer.max_steps=2"]) == 2
     finally:
         holder.kill()
         holder.wait()
