@@ -58,7 +58,7 @@ def test_generate_in_the_browser_shows_the_pipelines_image(served, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from lightbagel.demo import DemoActions
+    from lightbagel.demo import SHOWN_SIZE
 
     pipe, url = served
     browser.get(url)
@@ -70,6 +70,7 @@ def test_generate_in_the_browser_shows_the_pipelines_image(served, browser):
     shown = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate-output img"))[0]
     with urllib.request.urlopen(shown.get_attribute("src"), timeout=30) as response:
         image = Image.open(io.BytesIO(response.read())).convert("RGB")
-    expected = DemoActions(pipe).generate(PROMPT, seed=0, steps=20, cfg_text=4.0)
-    assert image.size == expected.size == (256, 256)
+    made = pipe(PROMPT, config=pipe.default_config(steps=20, text_guidance=4.0), seed=0).images[0]
+    expected = made.resize((SHOWN_SIZE, SHOWN_SIZE), Image.Resampling.NEAREST)  # the page shows it enlarged
+    assert image.size == expected.size
     assert np.array_equal(np.asarray(image), np.asarray(expected))
