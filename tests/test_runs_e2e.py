@@ -40,7 +40,8 @@ README_COMMANDS = [
 
 def readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
-    return [m.split("#")[0].strip() for m in re.findall(r"^lightbagel-fit (recipes/tiny\.yaml.*|--list.*)$", text, re.M)]
+    found = re.findall(r"^lightbagel-fit (recipes/tiny\.yaml.*|--list.*)$", text, re.M)
+    return [command.split("#")[0].strip() for command in found]
 
 
 def fast(argv: list[str], data_root: Path) -> list[str]:

@@ -94,17 +94,21 @@ def make_logger(recipe, out: Path, run_id: Optional[str], run_name: Optional[str
     """The run's logger: `run_id` continued when the store holds it, else a new run named `run_name`."""
     from mlflow import MlflowClient
 
+    from lightbagel.training.runs import is_rank_zero
+
     cfg = recipe.config.trainer.mlflow
     if not cfg.enabled:
         return None
-    if cfg.tracking_uri is None:
-        out.mkdir(parents=True, exist_ok=True)
-        relocate(out)
     uri = cfg.tracking_uri or store_uri(out)
-    client = MlflowClient(tracking_uri=uri)
     artifacts = str((out / ARTIFACTS).resolve()) if cfg.tracking_uri is None else None
-    experiment_id(client, cfg.experiment, artifacts)
-    resumed = reopen(client, run_id)
+    resumed = run_id
+    if is_rank_zero():  # one process writes the store; the logger is a no-op on the other ranks
+        if cfg.tracking_uri is None:
+            out.mkdir(parents=True, exist_ok=True)
+            relocate(out)
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id(client, cfg.experiment, artifacts)
+        resumed = reopen(client, run_id)
     logger = RunLogger(experiment_name=cfg.experiment, run_name=cfg.run_name or run_name or recipe.config.name,
                        tracking_uri=uri, artifact_location=artifacts, run_id=resumed)
     if resumed is None:  # params are immutable in MLflow: a resume keeps the ones the run began with
