@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ SHORT = ["trainer.max_steps=2", "trainer.mlflow.enabled=false", "trainer.sample_
 def test_fit_with_one_line_swap(swap, tmp_path, capsys):
     out = tmp_path / "run"
     assert main([str(REPO / "recipes" / "tiny.yaml"), swap, f"output_dir={out}", *SHORT]) == 0
-    first, last = (float(v) for v in capsys.readouterr().out.split("loss ")[1].split()[0:3:2])
+    done = re.search(r"^done in .*; loss (\S+) -> (\S+)$", capsys.readouterr().out, re.M)  # after progress lines
+    first, last = float(done[1]), float(done[2])
     assert math.isfinite(first) and math.isfinite(last)
     kind, card = swap.split("=")
     exported = resolved_recipe(out / "export" / "recipe.yaml")
