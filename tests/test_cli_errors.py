@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightbagel.cli import data, demo, eval as eval_cli, export, fit, plan
+from lightbagel.cli import data, demo, export, fit, plan
+from lightbagel.cli import eval as eval_cli
 from lightbagel.cli.generate import chat_main, edit_main, generate_main
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
