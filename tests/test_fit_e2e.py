@@ -40,7 +40,7 @@ def test_fit_logs_to_mlflow_and_exports_a_model_that_loads_back(tmp_path):
     client = MlflowClient(tracking_uri=result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.params["trainer.max_steps"] == "12"
-    history = client.get_metric_history(result.run_id, "train/loss")
+    history = client.get_metric_history(result.run_id, "loss/train")
     assert len(history) >= 5
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"recipe.yaml", "samples", "model.safetensors"} <= artifacts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def test_fit_with_one_line_swap(swap, shapes_root, tmp_path, capsys):
     out = tmp_path / "run"
     args = [str(REPO / "recipes" / "tiny.yaml"), swap, f"output_dir={out}", f"data.root={shapes_root}", *SHORT]
     assert main(args) == 0
-    first, last = (float(v) for v in capsys.readouterr().out.split("loss ")[1].split()[0:3:2])
+    done = re.search(r"^done in .*; loss (\S+) -> (\S+)$", capsys.readouterr().out, re.M)  # after progress lines
+    first, last = float(done[1]), float(done[2])
     assert math.isfinite(first) and math.isfinite(last)
     kind, card = swap.split("=")
     exported = resolved_recipe(out / "export" / "recipe.yaml")

@@ -94,7 +94,10 @@ def test_plan_cli_full_size(capsys):
 
 
 def test_plan_cli_rejects_bad_input(capsys):
-    assert plan_main([str(RECIPES / "tiny.yaml"), "--seq-len", "0"]) == 2
-    assert "--seq-len" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it, in one line
+        plan_main([str(RECIPES / "tiny.yaml"), "--seq-len", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seq-len" in err and len(err.strip().splitlines()) == 1
     assert plan_main([str(RECIPES / "no_such_recipe.yaml")]) == 2
     assert "recipe not found" in capsys.readouterr().err

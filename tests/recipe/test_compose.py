@@ -58,6 +58,8 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_registry: None) -
     write(tmp_path / "recipes/base.yaml", BASE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LIGHTBAGEL_COMPONENTS", raising=False)
+    # Only this tree's cards: the ones shipped with the package would join every "allowed" list.
+    monkeypatch.setattr("lightbagel.recipe.cards.SHIPPED_COMPONENTS", tmp_path / "no_shipped_cards")
     return tmp_path
 
 

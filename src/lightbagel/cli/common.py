@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
+from lightbagel.errors import LightBagelError, first_line, one_line
 from lightbagel.recipe import Recipe, RecipeError, load_recipe
 
 
@@ -23,3 +25,77 @@ def recipe_or_none(prog: str, path: str, overrides: Sequence[str]) -> Optional[R
     except RecipeError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return None
+
+
+def with_overrides(name: str, overrides: Sequence[str]) -> str:
+    """A run's name plus the command-line overrides that make it differ (paths left out)."""
+    shown = [o for o in overrides if not o.startswith(("output_dir=", "data.root=", "trainer.mlflow."))]
+    return " ".join([name, *shown])[:250]
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line that points at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _number(kind: type, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        wanted = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+
+
+def check_device(device: str) -> None:
+    """A device this machine has, before any model is loaded (torch fails late and obscurely)."""
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {device}: torch sees no Apple MPS device; use --device cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise CliError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+
+
+class CliError(ValueError):
+    """A bad argument found after parsing, in one line."""
+
+
+# What a command reports in one line; anything else is a bug and keeps its traceback.
+EXPECTED = (LightBagelError, ValueError, OSError, KeyError, RuntimeError, ImportError)
+
+
+def at_boundary(prog: str, run: Callable[[], int]) -> int:
+    """Runs a command; an expected error becomes one line on stderr and exit status 2.
+
+    LIGHTBAGEL_DEBUG=1 lets the traceback through for a bug report.
+    """
+    try:
+        return run()
+    except EXPECTED as err:
+        if os.environ.get("LIGHTBAGEL_DEBUG"):
+            raise
+        # Ours may come back from a DataLoader worker with its traceback: one_line finds the message.
+        text = one_line(err) if isinstance(err, LightBagelError) else first_line(err)
+        print(f"{prog}: {text}", file=sys.stderr)
+        return 2

@@ -3,6 +3,7 @@
     lightbagel-data images FOLDER OUT          # IMAGE + IMAGE.txt caption pairs -> t2i shards
     lightbagel-data edits EDITS.jsonl OUT      # {"source", "instruction", "target"} lines -> edit shards
     lightbagel-data inspect RECIPE [KEY=VALUE ...] [--grid grid.png]
+    lightbagel-data render "a red circle left of a blue square" scene.png   # a test input
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightbagel.recipe import RecipeError, load_recipe
+from lightbagel.cli.common import Parser, at_boundary, positive_int
+from lightbagel.recipe import load_recipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lightbagel-data", description=__doc__.split("\n")[0])
+    parser = Parser(prog="lightbagel-data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     images = sub.add_parser("images", help="a folder of images with IMAGE.txt captions -> t2i shards")
     images.add_argument("folder", type=Path)
@@ -24,15 +26,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     edits.add_argument("jsonl", type=Path)
     edits.add_argument("out", type=Path)
     for p in (images, edits):
-        p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
+        p.add_argument("--per-shard", type=positive_int, default=1000, help="samples per shard (default 1000)")
         p.add_argument("--prefix", default=None, help="shard name prefix (default: t2i or edit)")
     inspect = sub.add_parser("inspect", help="counts per source, a sample grid, token lengths")
     inspect.add_argument("recipe", type=Path)
     inspect.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides")
     inspect.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
-    inspect.add_argument("--vae-multiple", type=int, default=None,
-                         help="pixels per VAE token side (default: the card's, else 32 as for Wan2.2)")
+    inspect.add_argument("--vae-multiple", type=positive_int, default=None,
+                         help="pixels per VAE token side (default: the card's, else the recipe's DiT and VAE)")
+    render = sub.add_parser("render", help="draw a shapes-world caption as a PNG (an input for edit and chat)")
+    render.add_argument("caption", help='e.g. "a red circle left of a blue square"')
+    render.add_argument("out", type=Path, help="PNG to write")
+    render.add_argument("--size", type=positive_int, default=256, help="square side in pixels (default 256)")
     return parser.parse_args(argv)
+
+
+def render(args) -> int:
+    from lightbagel.data.captions import scene_from_caption
+    from lightbagel.data.shapes import render as draw
+
+    image = draw(scene_from_caption(args.caption), args.size)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out} ({args.size}x{args.size})")
+    return 0
 
 
 def convert(args) -> int:
@@ -50,6 +67,19 @@ def convert(args) -> int:
     return 0
 
 
+def vae_multiple(recipe) -> int:
+    """Pixels per VAE token side of the recipe's generation model, as training counts them
+    (VAE factor x DiT patch), from a weightless build on the meta device."""
+    import torch
+
+    from lightbagel.model import without_weights
+    from lightbagel.registry import GENERATION
+
+    with torch.device("meta"):
+        gen = GENERATION.get(recipe.generation.adapter)(without_weights(recipe).generation)
+    return gen.vae.spatial_factor * gen.patch_size[1]
+
+
 def inspect(args) -> int:
     from lightbagel.data.convert import histogram, inspect_mixture, sample_grid
     from lightbagel.data.datamodule import MixtureDataModule
@@ -58,7 +88,7 @@ def inspect(args) -> int:
     cfg = recipe.config.data
     dm = MixtureDataModule(cfg, processor=None)  # no model is built to read shards
     sources = dm._resolve_sources()
-    multiple = cfg.resolution.vae_multiple or args.vae_multiple or 32
+    multiple = cfg.resolution.vae_multiple or args.vae_multiple or vae_multiple(recipe.config)
     report = inspect_mixture(cfg, {s.name: list(s.urls) for s in sources}, multiple)
     for source in sources:
         entry = report["sources"][source.name]
@@ -73,13 +103,12 @@ def inspect(args) -> int:
     return 0
 
 
+COMMANDS = {"images": convert, "edits": convert, "inspect": inspect, "render": render}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return convert(args) if args.command in ("images", "edits") else inspect(args)
-    except (RecipeError, ValueError, OSError) as exn:
-        print(f"lightbagel-data: {exn}", file=sys.stderr)
-        return 2
+    return at_boundary("lightbagel-data", lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """`lightbagel-eval`: score a trained model like the paper does, on what the user points at.
 
 Without benchmark arguments it runs the synthetic shapes world (exact scores). Results go to
-`<out>/report.md` (markdown tables), `<out>/metrics.json` and an MLflow run.
+`<out>/report.md` (markdown tables), `<out>/metrics.json` and an MLflow run: nested under the
+training run of the evaluated model, in that run's own store, when the export sits in a
+`lightbagel-fit` output folder; else in a store under `<out>`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lightbagel.cli.common import add_trust_flag
+from lightbagel.cli.common import Parser, add_trust_flag, at_boundary, check_device, positive_int
 from lightbagel.cli.generate import sampler_overrides
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.recipe.schema import DTYPE_NAMES
@@ -20,7 +22,7 @@ DEFAULT_MODEL = "outputs/tiny/export"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lightbagel-eval", description="Evaluate a lightbagel-fit export.",
+    p = Parser(prog="lightbagel-eval", description="Evaluate a lightbagel-fit export.",
                                 epilog="example: lightbagel-eval outputs/tiny/export --synthetic")
     p.add_argument("models", nargs="*", default=[DEFAULT_MODEL], metavar="model",
                    help=f"export dir(s) (default: {DEFAULT_MODEL}); several are compared in one table")
@@ -30,18 +32,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute dtype (default: the training one); VAE and rotary tables stay fp32")
     add_trust_flag(p)
     p.add_argument("--synthetic", action="store_true", help="the shapes world (default when nothing else is asked)")
-    p.add_argument("--per-category", type=int, default=32, help="synthetic prompts per category")
+    p.add_argument("--per-category", type=positive_int, default=32, help="synthetic prompts per category")
     p.add_argument("--geneval", type=Path, help="GenEval evaluation_metadata.jsonl")
     p.add_argument("--dpg", type=Path, help="DPG-Bench prompts/ directory of <id>.txt")
     p.add_argument("--gedit", type=Path, help="GEdit-Bench rows (.jsonl/.json/.parquet)")
     p.add_argument("--gedit-language", default=None, help="only rows of this instruction_language (en, cn)")
     p.add_argument("--imgedit", type=Path, help="ImgEdit basic_edit.json")
     p.add_argument("--imgedit-images", type=Path, help="ImgEdit image root (Benchmark/singleturn)")
-    p.add_argument("--samples", type=int, default=4, help="images per prompt for GenEval and DPG-Bench")
-    p.add_argument("--size", type=int, default=None, help="image side for public benchmarks (default: recipe's)")
+    p.add_argument("--samples", type=positive_int, default=4, help="images per prompt for GenEval and DPG-Bench")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image side for public benchmarks (default: recipe's)")
     p.add_argument("--fid-feature", help="package.module:factory returning an nn.Module image -> features")
     p.add_argument("--clip-model", type=Path, help="local CLIP dir (CLIPModel + CLIPProcessor) for CLIP score")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=positive_int, default=30)
     p.add_argument("--shift", type=float, default=None, help="default: the training shift")
     # Unset sampler options take BAGEL's per-task defaults (docs/inference.md).
     p.add_argument("--cfg-text", type=float, default=None)
@@ -49,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     p.add_argument("--renorm", choices=("global", "channel", "text_channel", "none"), default=None)
     p.add_argument("--renorm-min", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite under --out; 'none' skips)")
@@ -136,26 +139,27 @@ def compare(args) -> int:
 
 
 def evaluate_one(args) -> int:
-    try:
-        from lightbagel.inference import LightBagelPipeline
+    return at_boundary("lightbagel-eval", lambda: _evaluate_one(args))
 
-        pipe = LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                                  trust_remote_code=args.trust_remote_code)
-        cfg = sampler_overrides(args)
-        out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        public_asked = any((args.geneval, args.dpg, args.gedit, args.imgedit))
-        metrics, sections = {}, []
-        if args.synthetic or not public_asked:
-            m, s = run_synthetic(pipe, args, cfg, out)
-            metrics.update(m), sections.extend(s)
-        m, s = run_public(pipe, args, cfg, out)
+
+def _evaluate_one(args) -> int:
+    check_device(args.device)
+    from lightbagel.inference import LightBagelPipeline
+
+    pipe = LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                              trust_remote_code=args.trust_remote_code)
+    cfg = sampler_overrides(args)
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    public_asked = any((args.geneval, args.dpg, args.gedit, args.imgedit))
+    metrics, sections = {}, []
+    if args.synthetic or not public_asked:
+        m, s = run_synthetic(pipe, args, cfg, out)
         metrics.update(m), sections.extend(s)
-    except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as err:
-        print(f"lightbagel-eval: {err}", file=sys.stderr)
-        return 2
-    _write(out, args, {task: pipe.default_config(task, **cfg).to_dict() for task in TASK_DEFAULTS}, metrics,
-           sections)
+    m, s = run_public(pipe, args, cfg, out)
+    metrics.update(m), sections.extend(s)
+    _write(out, args, {task: pipe.default_config(task, **cfg).to_dict() for task in TASK_DEFAULTS},
+           metrics, sections)
     return 0
 
 
@@ -168,11 +172,18 @@ def _write(out: Path, args, samplers: dict, metrics: dict, sections: list[str]) 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(text)
     if args.mlflow_uri != "none":
-        uri = args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        from lightbagel.training.tracking import training_run
+
+        trained = None if args.mlflow_uri else training_run(Path(args.model))
+        uri = trained[0] if trained else args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
         params = {"model": args.model, **{f"sampler.{task}.{k}": v for task, cfg in samplers.items()
                                           for k, v in cfg.items()}}
-        run_id = log_to_mlflow(metrics, params, uri, artifacts=(out / "report.md", out / "metrics.json"))
-        print(f"\nmlflow: run {run_id} in {uri}")
+        t2i = samplers["t2i"]
+        name = f"eval {Path(args.model).resolve().parent.name} steps={t2i['steps']} cfg={t2i['text_guidance']:g}"
+        run_id = log_to_mlflow(metrics, params, uri, run_name=name, parent=trained[1:] if trained else None,
+                               artifacts=(out / "report.md", out / "metrics.json"))
+        where = f"nested under training run {trained[2]}" if trained else "its own experiment"
+        print(f"\nmlflow: run {run_id} in {uri} ({where})")
 
 
 if __name__ == "__main__":

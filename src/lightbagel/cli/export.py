@@ -1,5 +1,7 @@
-"""`lightbagel-export CKPT OUT_DIR`: a training checkpoint (sharded over any number of ranks, or a
-single file) -> `OUT_DIR/model.safetensors` + `recipe.yaml`, `OUT_DIR/ema/` with EMA, and
+"""`lightbagel-export CKPT OUT_DIR`: turn a training checkpoint into a model that loads anywhere.
+
+The checkpoint may be sharded over any number of ranks or a single file. Writes
+`OUT_DIR/model.safetensors` + `recipe.yaml`, `OUT_DIR/ema/` when the run kept an EMA, and
 `OUT_DIR/adapter/` (peft) with merged weights for LoRA runs. Runs on one CPU process."""
 
 from __future__ import annotations
@@ -8,11 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightbagel.cli.common import add_trust_flag
+from lightbagel.cli.common import CliError, Parser, add_trust_flag, at_boundary
+
+PROG = "lightbagel-export"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lightbagel-export", description=__doc__.split("\n")[0])
+    parser = Parser(prog=PROG, description=__doc__.split(": ", 1)[1].replace("\n", " "),
+                    epilog="example: lightbagel-export outputs/tiny/checkpoints outputs/tiny/export-latest")
     parser.add_argument("checkpoint", help="a checkpoint (outputs/NAME/checkpoints/step-*.ckpt) or its directory")
     parser.add_argument("out_dir", help="where model.safetensors and recipe.yaml go")
     add_trust_flag(parser)
@@ -21,27 +26,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    ckpt = Path(args.checkpoint)
+    return at_boundary(PROG, lambda: export(Path(args.checkpoint), Path(args.out_dir), args.trust_remote_code))
+
+
+def export(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> int:
     from lightbagel.training.checkpointing import newest_loadable
 
     if ckpt.is_dir() and not (ckpt / "meta.pt").is_file():  # a checkpoints/ directory: its newest readable one
         newest = newest_loadable(ckpt)
         if newest is None:
-            print(f"lightbagel-export: no readable step-*.ckpt checkpoint in {ckpt}", file=sys.stderr)
-            return 2
+            raise CliError(f"no readable step-*.ckpt checkpoint in {ckpt}")
         ckpt = newest
     if not ckpt.exists():
-        print(f"lightbagel-export: {ckpt} not found; pass outputs/NAME/checkpoints/step-*.ckpt", file=sys.stderr)
-        return 2
-    from lightbagel.errors import LightBagelError
+        raise CliError(f"{ckpt} not found; pass outputs/NAME/checkpoints/step-*.ckpt")
     from lightbagel.training.checkpoint_export import export_checkpoint
 
-    try:
-        path = export_checkpoint(ckpt, Path(args.out_dir), trust_remote_code=args.trust_remote_code)
-    except (FileNotFoundError, KeyError, LightBagelError) as err:
-        print(f"lightbagel-export: {err}", file=sys.stderr)
-        return 2
-    print(f"model: {path}")
+    print(f"model: {export_checkpoint(ckpt, out_dir, trust_remote_code=trust_remote_code)}")
     return 0
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lightbagel.cli.common import add_trust_flag
+from lightbagel.cli.common import (
+    CliError,
+    Parser,
+    add_trust_flag,
+    at_boundary,
+    check_device,
+    positive_float,
+    positive_int,
+)
 from lightbagel.recipe.schema import DTYPE_NAMES
 
 DEFAULT_MODEL = "outputs/tiny/export"
@@ -30,15 +38,17 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="output directory (default: a new outputs/generated/run-NNNN, never overwriting)")
     parser.add_argument("--seed", type=int, default=0, help="image k of the run uses seed + k")
-    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--num-images", type=positive_int, default=1, help="images per prompt")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--size", type=positive_int, default=None,
                         help="square side in pixels (default: the recipe's; an edit follows its source's aspect)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: the training shift)")
+    parser.add_argument("--steps", type=positive_int, default=50)
+    parser.add_argument("--shift", type=positive_float, default=None,
+                        help="timestep shift (default: the training shift)")
     # Unset sampler options take BAGEL's per-task defaults (docs/inference.md).
-    parser.add_argument("--cfg-text", type=float, default=None, help="text guidance; 1 turns it off")
-    parser.add_argument("--cfg-image", type=float, default=None, help="image guidance (editing); 1 turns it off")
+    parser.add_argument("--cfg-text", type=positive_float, default=None, help="text guidance; 1 turns it off")
+    parser.add_argument("--cfg-image", type=positive_float, default=None,
+                        help="image guidance (editing); 1 turns it off")
     parser.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     parser.add_argument("--renorm", choices=("global", "channel", "text_channel", "none"), default=None)
     parser.add_argument("--renorm-min", type=float, default=None)
@@ -48,6 +58,7 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
 def _pipeline(args):
     from lightbagel.inference import LightBagelPipeline
 
+    check_device(args.device)
     return LightBagelPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                               trust_remote_code=args.trust_remote_code)
 
@@ -71,11 +82,11 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
     out.mkdir(parents=True, exist_ok=True)
     args.out = str(out)
     written, records, samplers = [], [], {}
-    for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch"):
+    for start in tqdm(range(0, len(jobs), args.batch_size), desc="batches", unit="batch", disable=None):
         chunk = jobs[start:start + args.batch_size]
         seeds = [args.seed + start + i for i in range(len(chunk))]
         result = pipe([j[0] for j in chunk], images=[j[1] for j in chunk], height=args.size, width=args.size,
-                      config=cfg, seed=seeds, progress=True)
+                      config=cfg, seed=seeds, progress=sys.stderr.isatty())
         samplers.update(result.settings["sampler"])
         for i, (image, (prompt, srcs, _)) in enumerate(zip(result.images, chunk)):
             path = out / f"{start + i:05d}.png"
@@ -90,13 +101,26 @@ def run_images(pipe, args, prompts: list[str], sources: list[list]) -> list[Path
 
 def _write_images(prog: str, args, jobs) -> int:
     """Runs `jobs()` -> (prompts, sources per prompt) through the pipeline; one-line errors."""
-    try:
+
+    def run() -> int:
         prompts, sources = jobs()
+        for i, prompt in enumerate(prompts, 1):
+            if not prompt.strip():
+                raise CliError(f"prompt {i} is empty; write what to draw (or to change) in quotes")
         paths = run_images(_pipeline(args), args, prompts, sources)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-        return _fail(prog, err)
-    print(f"wrote {len(paths)} images and settings.json to {args.out}")
-    return 0
+        print(f"wrote {len(paths)} images and settings.json to {args.out}")
+        return 0
+
+    return at_boundary(prog, run)
+
+
+def _open_images(paths: list[str]) -> list:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return [Image.open(p).convert("RGB") for p in paths]
+    except UnidentifiedImageError as err:
+        raise CliError(f"--image: {err}") from None
 
 
 def _fresh_dir(root: Path) -> Path:
@@ -105,57 +129,54 @@ def _fresh_dir(root: Path) -> Path:
     return root / f"run-{max(taken, default=0) + 1:04d}"
 
 
-def _fail(prog: str, err: Exception) -> int:
-    print(f"{prog}: {err}", file=sys.stderr)
-    return 2
-
-
 def generate_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lightbagel-generate", description="Text-to-image with a trained model.",
+    parser = Parser(prog="lightbagel-generate", description="Text-to-image with a trained model.",
                                      epilog='example: lightbagel-generate "a red circle left of a blue square"')
     parser.add_argument("prompts", nargs="*", help="prompts (or --prompt-file)")
     parser.add_argument("--prompt-file", help="text file, one prompt per line")
     _common(parser)
     _sampling(parser)
     args = parser.parse_args(argv)
-    prompts = list(args.prompts)
-    if args.prompt_file:
-        prompts += [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
-    if not prompts:
-        return _fail(parser.prog, ValueError("no prompt given; pass one in quotes or --prompt-file FILE"))
-    return _write_images(parser.prog, args, lambda: (prompts, [[] for _ in prompts]))
+
+    def jobs():
+        prompts = list(args.prompts)
+        if args.prompt_file:
+            prompts += [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise CliError("no prompt given; pass one in quotes or --prompt-file FILE")
+        return prompts, [[] for _ in prompts]
+
+    return _write_images(parser.prog, args, jobs)
 
 
 def edit_main(argv=None) -> int:
-    from PIL import Image
-
-    parser = argparse.ArgumentParser(prog="lightbagel-edit", description="Instruction editing of source images.",
+    parser = Parser(prog="lightbagel-edit", description="Instruction editing of source images.",
                                      epilog='example: lightbagel-edit --image scene.png "make the circle green"')
     parser.add_argument("instruction", help="the edit instruction")
     parser.add_argument("--image", action="append", required=True,
-                        help="source image; repeat for several sources of one edit")
+                        help="source image; repeat for several sources of one edit "
+                             "(a test scene: lightbagel-data render)")
     _common(parser)
     _sampling(parser)
     args = parser.parse_args(argv)
-    return _write_images(parser.prog, args,
-                         lambda: ([args.instruction], [[Image.open(p).convert("RGB") for p in args.image]]))
+    return _write_images(parser.prog, args, lambda: ([args.instruction], [_open_images(args.image)]))
 
 
 def chat_main(argv=None) -> int:
-    from PIL import Image
-
-    parser = argparse.ArgumentParser(prog="lightbagel-chat", description="Ask questions about images (VLM path).",
+    parser = Parser(prog="lightbagel-chat", description="Ask questions about images (VLM path).",
                                      epilog='example: lightbagel-chat --image scene.png "how many objects are there"')
     parser.add_argument("questions", nargs="*", help="questions; none: read one per line from stdin")
-    parser.add_argument("--image", action="append", default=[], help="image to ask about; repeatable")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--image", action="append", required=True,
+                        help="image to ask about; repeatable (a test scene: lightbagel-data render)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     _common(parser)
     args = parser.parse_args(argv)
-    try:
-        images = [Image.open(p).convert("RGB") for p in args.image]
-        pipe = _pipeline(args)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-        return _fail(parser.prog, err)
+    return at_boundary(parser.prog, lambda: _chat(args))
+
+
+def _chat(args) -> int:
+    images = _open_images(args.image)
+    pipe = _pipeline(args)
     interactive = not args.questions
     questions = args.questions or _stdin_lines()
     for question in tqdm(questions, desc="answering", disable=interactive or len(questions) < 2):

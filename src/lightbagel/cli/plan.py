@@ -4,23 +4,25 @@ download and no GPU (the model is built on the meta device from its cards' shipp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from lightbagel.cli.common import recipe_or_none
+from lightbagel.cli.common import Parser, positive_int, recipe_or_none, with_overrides
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lightbagel-plan",
         description="Parameters per part, FLOPs per packed sequence and per-GPU memory under FSDP2.",
         epilog="example: lightbagel-plan recipes/lightbagel_7b_5b.yaml --gpus 8 --nodes 4 --seq-len 16384",
     )
     parser.add_argument("recipe", help="recipe YAML")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
-    parser.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: trainer.devices)")
-    parser.add_argument("--nodes", type=int, default=None, help="nodes (default: trainer.num_nodes)")
-    parser.add_argument("--seq-len", type=int, default=16384, help="tokens per packed sequence (default 16384)")
-    parser.add_argument("--text-tokens", type=int, default=128, help="text tokens per sample (default 128)")
+    parser.add_argument("--gpus", type=positive_int, default=None, help="GPUs per node (default: trainer.devices)")
+    parser.add_argument("--nodes", type=positive_int, default=None, help="nodes (default: trainer.num_nodes)")
+    parser.add_argument("--seq-len", type=positive_int, default=16384,
+                        help="tokens per packed sequence (default 16384)")
+    parser.add_argument("--text-tokens", type=positive_int, default=128, help="text tokens per sample (default 128)")
     parser.add_argument("--edit-fraction", type=float, default=None,
                         help="share of edit samples (default: data.task_weights)")
     return parser.parse_args(argv)
@@ -37,11 +39,11 @@ def main(argv=None) -> int:
 
     try:
         plan = make_plan(cfg, args.gpus or devices, args.nodes or cfg.trainer.num_nodes, args.seq_len,
-                         args.text_tokens, args.edit_fraction)
+                         args.text_tokens, args.edit_fraction, progress=sys.stderr.isatty())
     except ValueError as err:
         print(f"lightbagel-plan: {err}", file=sys.stderr)
         return 2
-    print(format_plan(plan))
+    print(format_plan(dataclasses.replace(plan, name=with_overrides(cfg.name, args.overrides))))
     return 0
 
 

@@ -30,7 +30,8 @@ def write_shards(samples: Iterable[dict], out_dir: Path, prefix: str, per_shard:
     out_dir.mkdir(parents=True, exist_ok=True)
     pattern = os.path.join(str(out_dir).replace("%", "%%"), f"{prefix}-%06d.tar")
     with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as writer:
-        for sample in tqdm(samples, total=total, desc=f"writing {prefix} shards", unit="sample"):
+        # disable=None: no bar frames when stderr is a log file
+        for sample in tqdm(samples, total=total, desc=f"writing {prefix} shards", unit="sample", disable=None):
             writer.write(sample)
     return sorted(str(p) for p in out_dir.glob(f"{prefix}-*.tar"))
 
@@ -93,7 +94,7 @@ def inspect_mixture(cfg: DataConfig, urls_by_source: dict[str, list[str]], vae_m
     report: dict = {"sources": {}, "tokens": [], "examples": []}
     for name, urls in urls_by_source.items():
         counter, good = SkipCounter(), Counter()
-        for url in tqdm(expand_urls(urls), desc=f"reading {name}", unit="shard"):
+        for url in tqdm(expand_urls(urls), desc=f"reading {name}", unit="shard", disable=None):
             for raw in read_shard(url, counter):
                 try:
                     record = to_record(raw, tasks.get(name, "t2i"), cfg.resolution.max_image_pixels)

@@ -25,12 +25,12 @@ class DataMonitor(L.Callback):
                 counts[names.index(source), REASONS.index(reason)] = n
         # Same shape on every rank, so the sum is one collective that cannot mismatch.
         counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
-        metrics = {f"data/skipped/{n}/{r}": float(counts[i, j])
+        metrics = {f"mixture/skipped/{n}/{r}": float(counts[i, j])
                    for i, n in enumerate(names) for j, r in enumerate(REASONS) if counts[i, j] > 0}
-        metrics["data/skipped_total"] = float(counts.sum())
-        metrics["data/stage"] = float(state["stage"])
-        metrics["data/batch_size"] = float(len(batch))
+        metrics["mixture/skipped_total"] = float(counts.sum())
+        metrics["mixture/stage"] = float(state["stage"])
+        metrics["mixture/batch_size"] = float(len(batch))
         for name in names:
-            metrics[f"data/share/{name}"] = state["sources"].count(name) / len(batch)
+            metrics[f"mixture/share/{name}"] = state["sources"].count(name) / len(batch)
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics(metrics, step=trainer.global_step)

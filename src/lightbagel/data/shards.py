@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -105,6 +106,9 @@ def _check_weights(weights: dict[str, float]) -> dict[str, float]:
 
 def _progress(items: Iterable[int], total: int) -> Iterable[int]:
     if total < PROGRESS_MIN_SAMPLES:
+        return items
+    if not sys.stderr.isatty():  # a log file: one line, not a flood of redrawn bar frames
+        print(f"writing {total} shapes-world samples as shards", file=sys.stderr, flush=True)
         return items
     try:
         from tqdm.auto import tqdm

@@ -39,7 +39,7 @@ def run_jobs(pipe, jobs: list[Job], config=None, batch_size: int = 8, seed: int 
     """Generates every job's samples in batches; image n of the run uses seed + n."""
     flat = [(job, k) for job in jobs for k in range(len(job.outputs))]
     made: dict[int, list[Image.Image]] = {}
-    for start in tqdm(range(0, len(flat), batch_size), desc=desc, unit="batch"):
+    for start in tqdm(range(0, len(flat), batch_size), desc=desc, unit="batch", disable=None):
         chunk = flat[start:start + batch_size]
         out = pipe([j.prompt for j, _ in chunk], images=[list(j.sources) for j, _ in chunk], config=config,
                    seed=[seed + start + i for i in range(len(chunk))], height=size, width=size)

@@ -15,15 +15,23 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking_uri: str,
                   experiment: str = "lightbagel-eval", run_name: Optional[str] = None,
-                  artifacts: tuple[Path, ...] = ()) -> str:
-    """One MLflow run holding the metrics, the settings and the report files; returns its id."""
+                  artifacts: tuple[Path, ...] = (), parent: Optional[tuple[str, str]] = None) -> str:
+    """One MLflow run holding the metrics, the settings and the report files; returns its id.
+
+    `parent` = (experiment id, run id): the run is nested under that run (the training run of the
+    evaluated model), so training and its evaluations show side by side in one UI.
+    """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, artifact_location=_artifacts_beside(tracking_uri))
-    run = client.create_run(experiment_id, run_name=run_name)
+    if parent is None:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            experiment, artifact_location=_artifacts_beside(tracking_uri))
+    else:
+        experiment_id = parent[0]
+    tags = {"mlflow.parentRunId": parent[1]} if parent is not None else None
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     for key, value in params.items():
         client.log_param(run_id, key, str(value)[:500])  # MLflow's limit on a param value

@@ -1,7 +1,7 @@
 """Fusion blocks: zero-initialised multimodal self-attention between the two towers.
 
 Each stream has its own pre-norm and Q/K/V/O projections at its own width, meeting in one joint
-attention of `num_heads x head_dim`; there is no FFN (DESIGN.md §1: ~3B new parameters at full
+attention of `num_heads x head_dim`; there is no FFN (docs/design.md: ~3B new parameters at full
 size). The output projections start at zero, so at step 0 the fused model computes exactly the
 two original models.
 """

@@ -1,4 +1,4 @@
-"""Attention masks of the fused model (DESIGN.md §1, BAGEL's generalized causal attention).
+"""Attention masks of the fused model (docs/design.md, BAGEL's generalized causal attention).
 
 Every token carries a logical `order`: text tokens count up one by one, and all tokens of one
 image split (ViT image, clean VAE image, noisy target) share one value. Query q may attend key k

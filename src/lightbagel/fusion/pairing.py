@@ -1,4 +1,4 @@
-"""Which VLM depth each fusion block sees (DESIGN.md §1 and the paper's depth ablation)."""
+"""Which VLM depth each fusion block sees (docs/design.md and the paper's depth ablation)."""
 
 from __future__ import annotations
 

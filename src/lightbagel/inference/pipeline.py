@@ -87,7 +87,7 @@ class LightBagelPipeline:
         return ResolutionPolicy(res, res.vae_multiple or vae_multiple_of(self.model.gen))
 
     def default_config(self, task: str = "t2i", **overrides) -> SamplerConfig:
-        """BAGEL's sampler settings for `task` ("t2i" or "edit"), with the shift the model was trained at."""
+        """BAGEL's sampler settings for `task` ("t2i" or "edit"; docs/inference.md), with the training shift."""
         return replace(SamplerConfig(shift=self.recipe.objective.timestep_shift, **TASK_DEFAULTS[task]), **overrides)
 
     @torch.no_grad()
@@ -162,7 +162,7 @@ class LightBagelPipeline:
 
     def understand(self, question: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 32,
                    chat_template: bool = True) -> str:
-        """Greedy answer from the VLM alone: understanding bypasses fusion (DESIGN.md §1)."""
+        """Greedy answer from the VLM alone: understanding bypasses fusion (docs/design.md)."""
         ids = self.answer_tokens(question, images, max_new_tokens, chat_template)
         return self.model.und.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 

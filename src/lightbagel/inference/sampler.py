@@ -1,6 +1,6 @@
 """Euler sampling of the flow-matching ODE with text and image classifier-free guidance.
 
-Guidance follows BAGEL (DESIGN.md §1): three branches per step, batched into one forward:
+Guidance follows BAGEL (docs/design.md): three branches per step, batched into one forward:
 full condition, text dropped, and source image dropped (its ViT and clean VAE tokens), hidden
 exactly as condition dropout hides them in training. Text guidance is applied first, image
 guidance on top of it; both only inside `guidance_interval`, optionally renormalised.

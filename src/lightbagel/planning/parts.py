@@ -16,7 +16,7 @@ from torch import nn
 from lightbagel.model import LightBagel
 
 # Sub-modules of a Wan DiT that never run here: umT5 text cross-attention and its norm, the text
-# and image embedders (DESIGN.md §1: umT5 is not loaded).
+# and image embedders (docs/design.md: umT5 is not loaded).
 _DIT_NEVER_RUN = ("attn2", "norm2", "text_embedder", "image_embedder")
 
 

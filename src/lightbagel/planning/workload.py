@@ -1,7 +1,7 @@
 """What one packed training sequence holds: T2I and edit samples at the recipe's image sizes.
 
 A T2I sample is text + one noisy VAE image; an edit sample is the source as ViT tokens, the
-instruction, the source's clean VAE tokens and the noisy target (DESIGN.md §1). A packed
+instruction, the source's clean VAE tokens and the noisy target (docs/design.md). A packed
 sequence of `seq_len` tokens (LLM tokens + DiT tokens) holds the expected number of each.
 """
 

@@ -24,11 +24,14 @@ def available_cards(kind: str, search_path: Sequence[str | Path]) -> list[str]:
     return sorted({card.stem for d in search_path for card in (Path(d) / kind).glob("*.yaml")})
 
 
+SHIPPED_COMPONENTS = Path(__file__).resolve().parent.parent / "components"  # package data
+
+
 def component_search_path(recipe_files: Sequence[str | Path]) -> list[Path]:
     """Component directories in lookup order (see recipe/compose.py), without repeats."""
     dirs = [Path(f).resolve().parent.parent / "components" for f in recipe_files]
     dirs += [Path(d) for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
-    dirs.append(Path("components"))
+    dirs += [Path("components"), SHIPPED_COMPONENTS]
     unique: dict[Path, None] = {}
     for d in dirs:
         unique.setdefault(d.resolve(), None)

@@ -17,7 +17,9 @@ Recipe format::
 Cards. Each kind (understanding, generation, fusion, data, trainer) names a card: card NAME of
 kind K is the file `K/NAME.yaml` in the first component directory holding it, searched in
 `<recipe dir>/../components` (the recipe's, then each base's), every directory in
-`$LIGHTBAGEL_COMPONENTS` (os.pathsep-separated), then `./components`. A card holds the kind's
+`$LIGHTBAGEL_COMPONENTS` (os.pathsep-separated), `./components`, then the cards shipped inside the
+package (`lightbagel/components`, so an installed package finds them from any folder while a
+project's own cards of the same name win). A card holds the kind's
 schema fields (schema.py) except `card`, which is filled in with the card's name.
 
 Inheritance. With `base`, the base recipe applies first and this file overrides it. For a kind,

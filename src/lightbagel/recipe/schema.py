@@ -90,7 +90,7 @@ class FusionConfig:
 
     card: str = "???"
     block: str = "double_fusion"
-    # None: the understanding model's head count (DESIGN.md: 28 x 128 at full size).
+    # None: the understanding model's head count (docs/design.md: 28 x 128 at full size).
     num_heads: Optional[int] = None
     head_dim: Optional[int] = None
     qk_norm: bool = True
@@ -129,7 +129,7 @@ class StageConfig:
 
 @dataclass
 class ResolutionConfig:
-    """Native aspect ratio within min/max short/long sides (DESIGN.md), per image side."""
+    """Native aspect ratio within min/max short/long sides (docs/design.md), per image side."""
 
     vae_min_short: int = 512
     vae_max_long: int = 1024
@@ -251,7 +251,7 @@ class TrainerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Flow matching (DESIGN.md §1) and condition dropout for classifier-free guidance."""
+    """Flow matching (docs/design.md) and condition dropout for classifier-free guidance."""
 
     timestep_shift: float = 4.0
     logit_mean: float = 0.0

@@ -101,4 +101,4 @@ class SkippedDataLogger(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
-            pl_module.log("data/skipped", float(self.counter.total), batch_size=len(batch))
+            pl_module.log("mixture/skipped", float(self.counter.total), batch_size=len(batch))

@@ -10,7 +10,7 @@ from typing import Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
-from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import OmegaConf
 
 from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.collate import Collator
@@ -22,9 +22,12 @@ from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
+from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule
 from lightbagel.training.nan_guard import NonFiniteGuard
+from lightbagel.training.runs import check_resume, folder_lock, is_rank_zero, write_record
 from lightbagel.training.strategy import is_sharded, make_strategy
+from lightbagel.training.tracking import make_logger
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class FitResult:
     tracking_uri: Optional[str]
     first_loss: Optional[float]
     last_loss: Optional[float]
+    experiment_id: Optional[str] = None
 
 
 class LossHistory(L.Callback):
@@ -62,16 +66,13 @@ def token_counter(model):
     return count
 
 
-def make_logger(recipe: Recipe, out: Path) -> Optional[MLFlowLogger]:
-    cfg = recipe.config.trainer.mlflow
-    if not cfg.enabled:
-        return None
-    uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    logger = MLFlowLogger(experiment_name=cfg.experiment, run_name=cfg.run_name or recipe.config.name,
-                          tracking_uri=uri, artifact_location=str((out / "mlartifacts").resolve()))
-    logger.log_hyperparams(recipe.flat_params())
-    logger.experiment.log_text(logger.run_id, recipe.to_yaml(), "recipe.yaml")
-    return logger
+def fit(recipe: Recipe, run_name: Optional[str] = None) -> FitResult:
+    """Trains `recipe` into its output folder, resuming the run there when the recipe matches it
+    (training/runs.py); `run_name` names a new MLflow run (default: the recipe's name)."""
+    silence_noise()
+    out = Path(recipe.config.output_dir)
+    with folder_lock(out):
+        return _fit(recipe, out, run_name)
 
 
 def resume_point(dirpath: Path, tr) -> Optional[Path]:
@@ -85,10 +86,11 @@ def resume_point(dirpath: Path, tr) -> Optional[Path]:
     return last
 
 
-def fit(recipe: Recipe) -> FitResult:
+def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     cfg = recipe.config
-    out = Path(cfg.output_dir)
     last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
+    plain = OmegaConf.to_container(recipe.resolved)
+    record = check_resume(out, plain, last is not None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -98,11 +100,36 @@ def fit(recipe: Recipe) -> FitResult:
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
                              vae_multiple=vae_multiple_of(gen),
                              batches_per_step=cfg.trainer.accumulate_grad_batches)
-    logger = make_logger(recipe, out)
+    logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
+    if is_rank_zero():
+        write_record(out, plain, getattr(logger, "run_id", None))
     history = LossHistory()
     tr = cfg.trainer
+    callbacks = [history, *_callbacks(cfg, module, data, out, logger is not None)]
+    trainer = L.Trainer(
+        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
+        precision=precision_of(tr).lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
+        gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
+        enable_progress_bar=tr.enable_progress_bar and interactive(), logger=logger if logger is not None else False,
+        callbacks=callbacks, default_root_dir=out, enable_model_summary=False, enable_checkpointing=False,
+    )
+    run_id, uri = getattr(logger, "run_id", None), getattr(logger, "_tracking_uri", None)
+    if trainer.is_global_zero:
+        print(banner(recipe, out, last, module, run_id, uri), flush=True)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
+    export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
+    if logger is not None:
+        logger.experiment.log_artifact(logger.run_id, str(export))
+    return FitResult(out, export, run_id, uri,
+                     history.losses[0] if history.losses else None,
+                     history.losses[-1] if history.losses else None, getattr(logger, "experiment_id", None))
+
+
+def _callbacks(cfg, module: LightBagelModule, data, out: Path, logged: bool) -> list[L.Callback]:
+    """Every side concern of the loop but the loss history: samples, data and throughput monitors,
+    checkpoints, the non-finite guard, plain progress lines in a log file, eval."""
+    tr, processor = cfg.trainer, module.model.und.processor
     callbacks = [
-        history,
         SampleGrid(Collator(processor, cfg.data.vit_image_size), out / "samples", tr.sample_every_n_steps,
                    tr.num_sample_images, cfg.data.image_size, tr.sample_steps, cfg.objective.timestep_shift),
         SkippedDataLogger(data.skipped, tr.log_every_n_steps),
@@ -115,23 +142,11 @@ def fit(recipe: Recipe) -> FitResult:
     ]
     if is_sharded(tr):  # sampling a sharded model needs every rank in step: not done during training
         callbacks = [c for c in callbacks if not isinstance(c, SampleGrid)]
-    if logger is not None:
+    if not interactive():  # a log file: plain lines instead of a redrawn bar
+        callbacks.append(PlainProgress(tr.log_every_n_steps))
+    if logged:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if tr.eval_every_n_steps > 0:
         from lightbagel.evaluation.callback import SyntheticEval
 
         callbacks.append(SyntheticEval(tr.eval_every_n_steps, tr.eval_per_category, tr.sample_steps, out / "eval"))
-    trainer = L.Trainer(
-        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
-        precision=precision_of(tr).lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
-        gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
-        enable_progress_bar=tr.enable_progress_bar, logger=logger if logger is not None else False,
-        callbacks=callbacks, default_root_dir=out, enable_model_summary=True, enable_checkpointing=False,
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
-    export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
-    if logger is not None:
-        logger.experiment.log_artifact(logger.run_id, str(export))
-    return FitResult(out, export, getattr(logger, "run_id", None), getattr(logger, "_tracking_uri", None),
-                     history.losses[0] if history.losses else None,
-                     history.losses[-1] if history.losses else None)

@@ -1,4 +1,4 @@
-"""Flow matching as BAGEL and Wan use it (DESIGN.md §1).
+"""Flow matching as BAGEL and Wan use it (docs/design.md).
 
 t = sigmoid(n), n ~ N(mean, std); shifted t' = s t / (1 + (s - 1) t); x_t = (1 - t') x0 + t' eps;
 the model predicts v = eps - x0.

@@ -1,7 +1,7 @@
 """SD3-style MMDiT adapter: diffusers' SD3Transformer2DModel run block by block, and its VAE.
 
 An MMDiT block is a joint attention over [image tokens; text tokens] with separate weights per
-stream. Text reaches the DiT through fusion here (DESIGN.md §1), so only the image stream of each
+stream. Text reaches the DiT through fusion here (docs/design.md), so only the image stream of each
 block runs; the text stream's weights (`context_embedder`, `add_*_proj`, `*_context`) stay out of
 the optimizer. Without a CLIP pooled embedding the pooled projection gets zeros.
 

@@ -69,7 +69,7 @@ class WanAdapter(GenerationAdapter):
         shift, scale, gate, c_shift, c_scale, c_gate = (m.squeeze(2) for m in mod)
         x = (blk.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
         hidden = (hidden.float() + self._self_attention(blk.attn1, x, mask, rope) * gate).type_as(hidden)
-        # The text cross-attention sub-layer is skipped: umT5 is never loaded (DESIGN.md §1).
+        # The text cross-attention sub-layer is skipped: umT5 is never loaded (docs/design.md).
         x = (blk.norm3(hidden.float()) * (1 + c_scale) + c_shift).type_as(hidden)
         return (hidden.float() + blk.ffn(x).float() * c_gate).type_as(hidden)
 

@@ -1,0 +1,137 @@
+"""The run's MLflow home: a SQLite store and an artifact folder inside the output folder, one MLflow
+run per output folder (a resume continues it), an end status that tells a stopped run (KILLED)
+from a crash (FAILED), and evaluation runs nested under the training run they evaluate."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+DB = "mlflow.db"
+ARTIFACTS = "mlartifacts"
+# Without it MLflow 3 may open an experiment on the GenAI traces view; this one is model training.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+log = logging.getLogger(__name__)
+
+
+def store_uri(out: Path) -> str:
+    return f"sqlite:///{(out / DB).resolve()}"
+
+
+def relocate(out: Path) -> None:
+    """Points the store's artifact locations back inside `out` after the folder was moved or copied.
+
+    MLflow records them as absolute paths; rewriting the prefix on every open keeps them relative
+    to the folder in effect, so a moved copy logs into itself, never into the original.
+    """
+    db, new = out / DB, str((out / ARTIFACTS).resolve())
+    if not db.is_file():
+        return
+    with closing(sqlite3.connect(db)) as con, con:
+        stale = con.execute("SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location LIKE ?",
+                            (f"%/{ARTIFACTS}",)).fetchall()
+        moved = [old for (old,) in stale if old != new]
+        for old in moved:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, old))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE artifact_uri LIKE ?",
+                        (new, len(old) + 1, f"{old}/%"))
+    if moved:
+        _forget_artifact_locations()
+
+
+def _forget_artifact_locations() -> None:
+    """MLflow caches each run's artifact location by run id for the life of the process; a copy
+    of a folder has the same run ids, so a process that used the original must forget them."""
+    from mlflow.tracking._tracking_service import utils
+
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
+def experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
+    found = client.get_experiment_by_name(name)
+    exp_id = found.experiment_id if found else client.create_experiment(name, artifact_location=artifact_location)
+    client.set_experiment_tag(exp_id, KIND_TAG, KIND)
+    return exp_id
+
+
+def reopen(client, run_id: Optional[str]) -> Optional[str]:
+    """`run_id` set back to RUNNING for a resume; a run still RUNNING was killed without a word, so
+    it is first marked KILLED. None when the store no longer holds the run."""
+    if run_id is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:  # deleted, or the record came from another store: a new run replaces it
+        return None
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+        log.warning("mlflow run %s was left RUNNING by a process that died; marked KILLED", run_id)
+    client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+class RunLogger(MLFlowLogger):
+    """MLFlowLogger whose end status says how a run stopped: Ctrl-C or SIGTERM is KILLED, not FAILED."""
+
+    def finalize(self, status: str = "success") -> None:
+        if status == "failed" and isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"
+        super().finalize(status)
+
+
+def make_logger(recipe, out: Path, run_id: Optional[str], run_name: Optional[str]) -> Optional[RunLogger]:
+    """The run's logger: `run_id` continued when the store holds it, else a new run named `run_name`."""
+    from mlflow import MlflowClient
+
+    from lightbagel.training.runs import is_rank_zero
+
+    cfg = recipe.config.trainer.mlflow
+    if not cfg.enabled:
+        return None
+    uri = cfg.tracking_uri or store_uri(out)
+    artifacts = str((out / ARTIFACTS).resolve()) if cfg.tracking_uri is None else None
+    resumed = run_id
+    if is_rank_zero():  # one process writes the store; the logger is a no-op on the other ranks
+        if cfg.tracking_uri is None:
+            out.mkdir(parents=True, exist_ok=True)
+            relocate(out)
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id(client, cfg.experiment, artifacts)
+        resumed = reopen(client, run_id)
+    logger = RunLogger(experiment_name=cfg.experiment, run_name=cfg.run_name or run_name or recipe.config.name,
+                       tracking_uri=uri, artifact_location=artifacts, run_id=resumed)
+    if resumed is None:  # params are immutable in MLflow: a resume keeps the ones the run began with
+        logger.log_hyperparams(recipe.flat_params())
+    logger.experiment.log_text(logger.run_id, recipe.to_yaml(), "recipe.yaml")
+    return logger
+
+
+def training_run(model_dir: Path) -> Optional[tuple[str, str, str]]:
+    """(tracking URI, experiment id, run id) of the run that trained an export, from its output folder."""
+    from lightbagel.training.runs import read_record
+
+    out = Path(model_dir).resolve().parent
+    record = read_record(out)
+    if record is None or not record.get("mlflow_run_id") or not (out / DB).is_file():
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    relocate(out)
+    uri = store_uri(out)
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(record["mlflow_run_id"])
+    except MlflowException:  # the run was deleted from the store
+        return None
+    return uri, run.info.experiment_id, run.info.run_id

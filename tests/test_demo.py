@@ -1,0 +1,34 @@
+"""The demo's edit and chat actions (the browser test drives generate): inputs from a rendered
+scene, and a one-line message instead of a traceback when an input is missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightbagel.demo import SHOWN_SIZE, DemoActions
+
+
+@pytest.fixture
+def actions(tiny_model, tiny_recipe):
+    from lightbagel.inference import LightBagelPipeline
+
+    return DemoActions(LightBagelPipeline(tiny_model, tiny_recipe.config))
+
+
+def test_edit_and_chat_work_on_a_rendered_scene(actions):
+    scene = actions.scene("a red circle left of a blue square")
+    assert scene.size == (SHOWN_SIZE, SHOWN_SIZE)
+    edited = actions.edit(scene, "make the circle green", seed=0, steps=2, cfg_text=4.0, cfg_image=1.5)
+    assert edited.size == (SHOWN_SIZE, SHOWN_SIZE)
+    assert isinstance(actions.chat(scene, "what color is the circle", max_new_tokens=3), str)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda a: a.generate("  ", seed=0, steps=2, cfg_text=4.0), "write a prompt first"),
+    (lambda a: a.edit(None, "make it green", seed=0, steps=2, cfg_text=4.0, cfg_image=1.5), "upload a source image"),
+    (lambda a: a.chat(None, "what is it", max_new_tokens=3), "upload an image"),
+    (lambda a: a.scene("a pink circle"), "cannot draw 'a pink circle'"),
+])
+def test_a_missing_input_is_one_message(actions, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(actions)
