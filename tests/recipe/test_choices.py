@@ -77,7 +77,7 @@ def test_cli_renorm_choices_equal_the_sampler_table(main, capsys: pytest.Capture
     # The CLIs list the modes themselves so that `--help` needs no torch import.
     with pytest.raises(SystemExit):
         main(["--renorm", "bogus"])
-    listed = re.search(r"choose from (.*)\)", capsys.readouterr().err)
+    listed = re.search(r"choose from (.*?)\)", capsys.readouterr().err)
     assert listed is not None and sorted(re.findall(r"\w+", listed.group(1))) == sorted(m or "none" for m in RENORM)
 
 

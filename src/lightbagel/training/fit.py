@@ -150,3 +150,4 @@ def _callbacks(cfg, module: LightBagelModule, data, out: Path, logged: bool) -> 
         from lightbagel.evaluation.callback import SyntheticEval
 
         callbacks.append(SyntheticEval(tr.eval_every_n_steps, tr.eval_per_category, tr.sample_steps, out / "eval"))
+    return callbacks
