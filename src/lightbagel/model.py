@@ -11,7 +11,8 @@ from torch import nn
 
 from lightbagel.backbones.generation.base import GenerationAdapter
 from lightbagel.backbones.understanding.base import UnderstandingAdapter
-from lightbagel.fusion import StreamSpec, causal_mask, generalized_causal_mask, vlm_depth_schedule
+from lightbagel.fusion import StreamSpec, vlm_depth_schedule
+from lightbagel.fusion.mask import OrderMask, causal_order_mask
 from lightbagel.inputs import GenInputs, UndInputs
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
@@ -47,6 +48,7 @@ class LightBagel(nn.Module):
         super().__init__()
         self.und, self.gen, self.fusion = und, gen, fusion
         self.schedule = schedule  # VLM blocks run before fusion block i
+        self.attention = "auto"  # `fusion.attention`: how `OrderMask`s are applied (fusion/mask.py)
 
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
@@ -77,15 +79,16 @@ class LightBagel(nn.Module):
             h_und = self.und.block(j, h_und, mask, rope)
         return h_und, max(ran, until)
 
-    def _masks(self, und: UndInputs, gen: GenInputs, gen_len: int):
+    def _masks(self, und: UndInputs, gen: GenInputs, gen_len: int) -> tuple[OrderMask, OrderMask, OrderMask]:
+        """Joint, VLM and DiT masks of one batch, as orders: each builds its kernel form once."""
         per_slot = gen_len // gen.valid.shape[1]
         gen_valid = gen.valid.repeat_interleave(per_slot, dim=1)
         gen_order = gen.order.repeat_interleave(per_slot, dim=1)
         # Und index tensors may sit on the host while the model runs elsewhere (meta-device shape runs).
         und_valid, und_order = und.valid.to(gen_order.device), und.order.to(gen_order.device)
-        joint = generalized_causal_mask(torch.cat([und_order, gen_order], 1), torch.cat([und_valid, gen_valid], 1))
-        n_und = und_valid.shape[1]
-        return joint, causal_mask(und_valid), joint[..., n_und:, n_und:]
+        order, valid = torch.cat([und_order, gen_order], 1), torch.cat([und_valid, gen_valid], 1)
+        joint = OrderMask.square(order, valid, self.attention)
+        return joint, causal_order_mask(und_valid, self.attention), joint.corner(und_valid.shape[1])
 
     @property
     def supports_cache(self) -> bool:
@@ -109,7 +112,7 @@ class LightBagel(nn.Module):
         """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C)."""
         h_gen, rope_gen, cond = self.gen.embed(gen)
         joint, _, gen_mask = self._masks(cache, gen, h_gen.shape[1])
-        rows = joint[..., cache.order.shape[1]:, :]
+        rows = joint.rows(cache.order.shape[1])
         for i, fusion in enumerate(self.fusion):
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
@@ -146,6 +149,7 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     model = LightBagel(und, gen, fusion, schedule)
     # Which encoders of an edit source the model was trained to see; the sampler hides the other.
     model.edit_condition = recipe.objective.edit_condition
+    model.attention = recipe.fusion.attention
     und.processor.edit_layout = recipe.fusion.edit_layout
     return model
 

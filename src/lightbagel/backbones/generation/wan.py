@@ -8,11 +8,11 @@ does with frames, and each slot gets its own rotary frame index.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
+from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.recipe.schema import GenerationConfig
 from lightbagel.registry import GENERATION, VAE
@@ -76,7 +76,7 @@ class WanAdapter(GenerationAdapter):
         q, k, v = attn.norm_q(attn.to_q(x)), attn.norm_k(attn.to_k(x)), attn.to_v(x)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
         q, k = self.rotate(q, rope), self.rotate(k, rope)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
         return attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(x))
 
     def head(self, hidden: torch.Tensor, cond) -> torch.Tensor:
