@@ -37,8 +37,17 @@ class WanAdapter(GenerationAdapter):
         freq = emb.timesteps_proj(t.flatten()).unflatten(0, (batch, -1))
         temb = emb.time_embedder(freq.to(next(emb.time_embedder.parameters()).dtype)).type_as(tokens)
         tproj = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))
-        rope = self._rope(gen.frame_pos, hp, wp)
-        return tokens, rope, (temb, tproj)
+        return tokens, self._cached_rope(gen.frame_pos, hp, wp), (temb, tproj)
+
+    def _cached_rope(self, frame_pos: torch.Tensor, hp: int, wp: int):
+        """`_rope`, kept for the last layout asked: every sampling step asks for the same one."""
+        if frame_pos.device.type == "meta":
+            return self._rope(frame_pos, hp, wp)
+        key = (tuple(frame_pos.flatten().tolist()), frame_pos.shape, hp, wp, frame_pos.device)
+        memo = getattr(self, "_rope_memo", None)
+        if memo is None or memo[0] != key:
+            self._rope_memo = (key, self._rope(frame_pos, hp, wp))
+        return self._rope_memo[1]
 
     def _rope(self, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Wan's 3D rotary table looked up at explicit (frame, row, column) positions."""
