@@ -101,7 +101,8 @@ def main(argv=None) -> None:
     print(f"  speed-up (no cache / cache): {best['no cache'] / best['cache']:.2f}x best-of, "
           f"{med['no cache'] / med['cache']:.2f}x median")
     images = [decoded_edit(pipe, source, c, size) for c in configs.values()]
-    print(f"  images, cache vs no cache: max |difference| {(images[0] - images[1]).abs().max():.2e} (pixels in [-1, 1])")
+    diff = (images[0] - images[1]).abs().max()
+    print(f"  images, cache vs no cache: max |difference| {diff:.2e} (pixels in [-1, 1])")
 
 
 if __name__ == "__main__":

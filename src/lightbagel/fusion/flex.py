@@ -29,8 +29,8 @@ def order_block_mask(mask) -> BlockMask:
     some = k_min[:, None, :] <= q_max[:, :, None]
     if mask.q_sample is not None:  # samples ascend along a packed row, so ranges decide overlap
         (qs_min, qs_max), (ks_min, ks_max) = _tile_range(mask.q_sample, None), _tile_range(mask.k_sample, None)
-        one = (qs_min == qs_max)[:, :, None] & (ks_min == ks_max)[:, None, :] & (qs_min[:, :, None] == ks_min[:, None, :])
-        full &= one
+        one_q, one_k = (qs_min == qs_max)[:, :, None], (ks_min == ks_max)[:, None, :]
+        full &= one_q & one_k & (qs_min[:, :, None] == ks_min[:, None, :])
         some &= (ks_min[:, None, :] <= qs_max[:, :, None]) & (ks_max[:, None, :] >= qs_min[:, :, None])
     partial = (some | _diagonal(q_len, k_len, mask.offset, mask.q_order.device)) & ~full
     return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=BLOCK,

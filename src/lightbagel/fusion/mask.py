@@ -48,8 +48,10 @@ class OrderMask:
 
     def corner(self, start: int) -> "OrderMask":
         """Queries and keys both from `start:`: a square mask's lower-right block."""
-        keys = dict(k_order=self.k_order[:, start:], k_valid=self.k_valid[:, start:], k_sample=_tail(self.k_sample, start))
-        return self._view(("corner", start), q_order=self.q_order[:, start:], q_sample=_tail(self.q_sample, start), **keys)
+        keys = dict(k_order=self.k_order[:, start:], k_valid=self.k_valid[:, start:],
+                    k_sample=_tail(self.k_sample, start))
+        return self._view(("corner", start), q_order=self.q_order[:, start:],
+                          q_sample=_tail(self.q_sample, start), **keys)
 
     def _view(self, key, **changes) -> "OrderMask":
         if key not in self._views:
