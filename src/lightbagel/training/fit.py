@@ -20,6 +20,7 @@ from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, latest_checkpoint
+from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 from lightbagel.training.module import LightBagelModule
 from lightbagel.training.nan_guard import NonFiniteGuard
 from lightbagel.training.strategy import is_sharded, make_strategy
@@ -65,8 +66,8 @@ def make_logger(recipe: Recipe, out: Path) -> Optional[MLFlowLogger]:
     if not cfg.enabled:
         return None
     uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    logger = MLFlowLogger(experiment_name=cfg.experiment, run_name=cfg.run_name or recipe.config.name,
-                          tracking_uri=uri, artifact_location=str((out / "mlartifacts").resolve()))
+    logger = BackgroundMLFlowLogger(experiment_name=cfg.experiment, run_name=cfg.run_name or recipe.config.name,
+                                    tracking_uri=uri, artifact_location=str((out / "mlartifacts").resolve()))
     logger.log_hyperparams(recipe.flat_params())
     logger.experiment.log_text(logger.run_id, recipe.to_yaml(), "recipe.yaml")
     return logger
