@@ -23,7 +23,7 @@ def _joint_mask(recipe, layout: str):
     gen = gen_inputs(torch.randn_like(latents), torch.full((1,), 0.5), latents,
                      torch.ones(1, dtype=torch.bool), torch.tensor(encoded.vae_orders))
     n_slot = model.gen.tokens_per_slot(*latents.shape[-2:])
-    joint = model._masks(und, gen, 2 * n_slot)[0][0, 0]
+    joint = model._masks(und, gen, 2 * n_slot)[0].dense()[0, 0]
     ids, n_und = und.input_ids[0], und.input_ids.shape[1]
     vit = (und.segment[0] == VIT).nonzero().flatten()
     marks = torch.isin(ids, torch.tensor([proc.vision_start_id, proc.vision_end_id]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import torch
@@ -11,8 +11,10 @@ from torch import nn
 
 from lightbagel.backbones.generation.base import GenerationAdapter
 from lightbagel.backbones.understanding.base import UnderstandingAdapter
-from lightbagel.fusion import StreamSpec, causal_mask, generalized_causal_mask, vlm_depth_schedule
+from lightbagel.fusion import StreamSpec, vlm_depth_schedule
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
+from lightbagel.fusion.mask import OrderMask, causal_order_mask
+from lightbagel.fusion.prefix import PrefixMask
 from lightbagel.inputs import GenInputs, UndInputs
 from lightbagel.precision import training_plan
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
@@ -38,9 +40,28 @@ class UndCache:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     order: torch.Tensor  # (B, Lu)
     valid: torch.Tensor  # (B, Lu)
+    source: Optional["SourceCache"] = None  # the clean source slots' K/V, when the batch has any
+    # `forward_generation`'s masks, built at its first call and reused at every later step.
+    masks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def rows(self, index: slice) -> "UndCache":
-        return UndCache([(k[index], v[index]) for k, v in self.kv], self.order[index], self.valid[index])
+        source = None if self.source is None else self.source.rows(index)
+        return UndCache([(k[index], v[index]) for k, v in self.kv], self.order[index], self.valid[index], source)
+
+
+@dataclass
+class SourceCache:
+    """The clean source slots' keys and values in every DiT and fusion attention (fusion/prefix.py),
+    recorded at the first step; with it a later step runs the target slot's tokens alone."""
+
+    dit: list  # per DiT attention call: (k, v) of the source tokens, (B, H, Ls, D)
+    fusion: list  # per fusion attention call, likewise
+    order: torch.Tensor  # (B, Ls) per source token
+    valid: torch.Tensor  # (B, Ls)
+
+    def rows(self, index: slice) -> "SourceCache":
+        rows = lambda store: [(k[index], v[index]) for k, v in store]  # noqa: E731
+        return SourceCache(rows(self.dit), rows(self.fusion), self.order[index], self.valid[index])
 
 
 class LightBagel(nn.Module):
@@ -49,6 +70,7 @@ class LightBagel(nn.Module):
         super().__init__()
         self.und, self.gen, self.fusion = und, gen, fusion
         self.schedule = schedule  # VLM blocks run before fusion block i
+        self.attention = "auto"  # `fusion.attention`: how `OrderMask`s are applied (fusion/mask.py)
 
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
@@ -57,6 +79,8 @@ class LightBagel(nn.Module):
         h_und, rope_und = self.und.embed(und)
         h_gen, rope_gen, cond = self.gen.embed(gen)
         joint, und_mask, gen_mask = self._masks(und, gen, h_gen.shape[1])
+        if keep_kv and gen.valid.shape[1] > 1:  # edits: also record the clean source slots' K/V
+            joint, gen_mask = self._recording(joint, gen_mask, und.order.shape[1], h_gen.shape[1] // gen.valid.shape[1])
         ran, kv = 0, []
         for i, fusion in enumerate(self.fusion):
             h_und, ran = self._run_vlm(h_und, und_mask, rope_und, ran, self.schedule[i])
@@ -66,7 +90,18 @@ class LightBagel(nn.Module):
             h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen, und_kv=und_kv)
         h_gen = self._dit_tail(h_gen, gen_mask, rope_gen, cond)
         h_und, _ = self._run_vlm(h_und, und_mask, rope_und, ran, self.und.num_layers)
-        return FusedOutput(h_und, self.gen.head(h_gen, cond)), kv
+        source = None
+        if isinstance(gen_mask, PrefixMask):
+            n_src = gen_mask.length
+            source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
+        return FusedOutput(h_und, self.gen.head(h_gen, cond)), (kv, source)
+
+    @staticmethod
+    def _recording(joint: OrderMask, gen_mask: OrderMask, n_und: int, per_slot: int):
+        """Masks that keep each attention call's source-slot K/V (all slots but the last, the target)."""
+        n_src = gen_mask.k_order.shape[1] - per_slot
+        keep = lambda m, at: PrefixMask(**{**_fields(m), "at": at, "length": n_src})  # noqa: E731
+        return keep(joint, n_und), keep(gen_mask, 0)
 
     def _dit_tail(self, h_gen, mask, rope, cond) -> torch.Tensor:
         """DiT blocks past the fusion stack (none with the built-in fusion types)."""
@@ -79,15 +114,16 @@ class LightBagel(nn.Module):
             h_und = self.und.block(j, h_und, mask, rope)
         return h_und, max(ran, until)
 
-    def _masks(self, und: UndInputs, gen: GenInputs, gen_len: int):
+    def _masks(self, und: UndInputs, gen: GenInputs, gen_len: int) -> tuple[OrderMask, OrderMask, OrderMask]:
+        """Joint, VLM and DiT masks of one batch, as orders: each builds its kernel form once."""
         per_slot = gen_len // gen.valid.shape[1]
         gen_valid = gen.valid.repeat_interleave(per_slot, dim=1)
         gen_order = gen.order.repeat_interleave(per_slot, dim=1)
         # Und index tensors may sit on the host while the model runs elsewhere (meta-device shape runs).
         und_valid, und_order = und.valid.to(gen_order.device), und.order.to(gen_order.device)
-        joint = generalized_causal_mask(torch.cat([und_order, gen_order], 1), torch.cat([und_valid, gen_valid], 1))
-        n_und = und_valid.shape[1]
-        return joint, causal_mask(und_valid), joint[..., n_und:, n_und:]
+        order, valid = torch.cat([und_order, gen_order], 1), torch.cat([und_valid, gen_valid], 1)
+        joint = OrderMask.square(order, valid, self.attention)
+        return joint, causal_order_mask(und_valid, self.attention), joint.corner(und_valid.shape[1])
 
     @property
     def supports_cache(self) -> bool:
@@ -100,25 +136,57 @@ class LightBagel(nn.Module):
         The noisy target's content does not matter to the cache (no und token sees it), so the
         first sampling step computes both at once.
         """
-        out, kv = self._run(und, gen, keep_kv=True)
-        return out, UndCache(kv, und.order, und.valid)
+        out, (kv, source) = self._run(und, gen, keep_kv=True)
+        return out, UndCache(kv, und.order, und.valid, source)
 
     def encode_understanding(self, und: UndInputs, gen: GenInputs) -> UndCache:
         """The cache alone; `gen` must hold the clean source slots (any noise in the target)."""
         return self.forward_with_cache(und, gen)[1]
 
     def forward_generation(self, gen: GenInputs, cache: UndCache) -> torch.Tensor:
-        """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C)."""
+        """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C).
+
+        With source K/V in the cache only the target slot runs, and only its tokens are returned.
+        """
+        if cache.source is not None:
+            gen = _target_slot(gen)
         h_gen, rope_gen, cond = self.gen.embed(gen)
-        joint, _, gen_mask = self._masks(cache, gen, h_gen.shape[1])
-        rows = joint[..., cache.order.shape[1]:, :]
+        key = (h_gen.shape[1], h_gen.shape[0])
+        if key not in cache.masks:
+            cache.masks[key] = self._generation_masks(cache, gen, h_gen.shape[1])
+        gen_mask, rows = cache.masks[key]
         for i, fusion in enumerate(self.fusion):
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
         return self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond)
 
+    def _generation_masks(self, cache: UndCache, gen: GenInputs, gen_len: int) -> tuple[OrderMask, OrderMask]:
+        """The DiT mask and the fusion blocks' gen rows for `forward_generation`."""
+        if cache.source is None:
+            joint, _, gen_mask = self._masks(cache, gen, gen_len)
+            return gen_mask, joint.rows(cache.order.shape[1])
+        src, n_und = cache.source, cache.order.shape[1]
+        n_src = src.order.shape[1]
+        # Keys: [und; sources; target] in a fusion block, [sources; target] in a DiT block.
+        joint, _, _ = self._masks(replace(cache, order=torch.cat([cache.order.to(src.order.device), src.order], 1),
+                                          valid=torch.cat([cache.valid.to(src.valid.device), src.valid], 1)),
+                                  gen, gen_len)
+        replay = lambda m, store, at: PrefixMask(**{**_fields(m), "store": store, "at": at,  # noqa: E731
+                                                    "length": n_src, "replay": True})
+        return replay(joint.corner(n_und), src.dit, 0).rows(n_src), replay(joint, src.fusion, n_und).rows(n_und + n_src)
+
     def understanding_logits(self, out: FusedOutput) -> torch.Tensor:
         return self.und.logits(out.und_hidden)
+
+
+def _target_slot(gen: GenInputs) -> GenInputs:
+    return GenInputs(gen.latents[:, :, -1:], gen.timesteps[:, -1:], gen.frame_pos[:, -1:], gen.valid[:, -1:],
+                     gen.order[:, -1:])
+
+
+def _fields(mask: OrderMask) -> dict:
+    """An OrderMask's constructor arguments, to rebuild it as a `PrefixMask`."""
+    return {f.name: getattr(mask, f.name) for f in fields(OrderMask) if not f.name.startswith("_")}
 
 
 def fusion_geometry(cfg: FusionConfig, und: UnderstandingAdapter, gen: GenerationAdapter) -> tuple[int, int]:
@@ -154,6 +222,7 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     model = LightBagel(und, gen, fusion, schedule)
     # Which encoders of an edit source the model was trained to see; the sampler hides the other.
     model.edit_condition = recipe.objective.edit_condition
+    model.attention = recipe.fusion.attention
     und.processor.edit_layout = recipe.fusion.edit_layout
     return model
 

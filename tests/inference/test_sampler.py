@@ -17,7 +17,7 @@ from lightbagel.inference.sampler import (
     without_images,
     without_text,
 )
-from lightbagel.inputs import gen_inputs
+from lightbagel.inputs import GenInputs, gen_inputs
 from lightbagel.model import UndCache
 
 
@@ -54,7 +54,10 @@ def test_forward_generation_matches_forward(tiny_recipe, make_batch, writeback):
         ref = model(batch.und, cond.gen(noisy, t)).velocity
         out, cache = model.forward_with_cache(batch.und, cond.gen(torch.randn_like(noisy), t))
         cached = model.forward_generation(cond.gen(noisy, t), cache)
-    torch.testing.assert_close(cached, ref, rtol=1e-5, atol=1e-5)
+    assert cache.source is not None  # edits in the batch: the source slots' K/V are cached too
+    n_target = model.gen.tokens_per_slot(8, 8)
+    assert cached.shape[1] == n_target  # only the target slot ran
+    torch.testing.assert_close(cached, ref[:, -n_target:], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out.velocity, ref)  # the cache pass itself saw other noise
 
 
@@ -208,3 +211,20 @@ def test_text_guidance_changes_the_image(tiny_recipe, make_batch):
     plain = sample(model, cond, shape, SamplerConfig(steps=3, text_guidance=1.0, image_guidance=1.0), seeds)
     guided = sample(model, cond, shape, SamplerConfig(steps=3, text_guidance=4.0, image_guidance=1.0), seeds)
     assert (guided - plain).abs().max() > 1e-2
+
+
+def test_rotary_tables_are_reused_only_for_the_same_layout(tiny_model):
+    """Sampling steps reuse the DiT's rotary tables; another frame layout of the same shape gets its own."""
+    gen = tiny_model.gen
+    latents = torch.randn(2, 48, 2, 8, 8)
+
+    def rope(frames):
+        inputs = GenInputs(latents, torch.zeros(2, 2), torch.tensor(frames), torch.ones(2, 2, dtype=torch.bool),
+                           torch.zeros(2, 2, dtype=torch.long))
+        return gen.embed(inputs)[1]
+
+    first, again, other = rope([[0, 1], [0, 1]]), rope([[0, 1], [0, 1]]), rope([[0, 0], [0, 0]])
+    assert again[0] is first[0]
+    hp, wp = (8 // p for p in gen.patch_size[1:])
+    torch.testing.assert_close(other[0], gen._rope(torch.zeros(2, 2, dtype=torch.long), hp, wp)[0], rtol=0, atol=0)
+    assert not torch.equal(other[0], first[0])

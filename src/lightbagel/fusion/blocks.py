@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lightbagel.fusion.mask import attend
 from lightbagel.recipe.schema import FusionConfig
 from lightbagel.registry import FUSION
 
@@ -96,7 +96,7 @@ class DoubleFusionBlock(nn.Module):
         if self.und_writeback:
             q = torch.cat([self.und.queries(x_und, und_rot, rope_und), q_g], dim=1)
         else:
-            q, mask = q_g, mask[..., n_und:, :]
+            q, mask = q_g, mask.rows(n_und)
         out = _attend(q, torch.cat([k_u, k_g], 1), torch.cat([v_u, v_g], 1), mask)
         h_gen = h_gen + self.gen.to_out(out[:, -h_gen.shape[1]:])
         if self.und_writeback:
@@ -106,7 +106,7 @@ class DoubleFusionBlock(nn.Module):
     def attend_generation(self, h_gen, mask_rows, rope_gen, und_kv) -> torch.Tensor:
         """The generation side alone against cached understanding K/V: one sampling step.
 
-        `mask_rows` are the gen rows of the joint mask, (B, 1, Lg, Lu + Lg). Gen queries never
+        `mask_rows` are the gen rows of the joint mask (Lg queries, Lu + Lg keys). Gen queries never
         feed the und side, so this equals the gen output of `forward` given the same `und_kv`.
         """
         gen_rot = self.gen_rotate if self.per_stream_rope else None
@@ -120,8 +120,7 @@ class DoubleFusionBlock(nn.Module):
 
 def _attend(q, k, v, mask) -> torch.Tensor:
     """(B, L, H, D) tensors -> (B, Lq, H*D)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return out.transpose(1, 2).flatten(2)
+    return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask).transpose(1, 2).flatten(2)
 
 
 @FUSION.register("double_fusion")

@@ -5,30 +5,101 @@ image split (ViT image, clean VAE image, noisy target) share one value. Query q 
 of the same sample iff k is valid and order[k] <= order[q]. That one rule gives causal text,
 bidirectional image splits that see every earlier split, and — because the noisy target split
 has the largest order — no token outside it ever sees the noise.
+
+`OrderMask` holds the rule as orders, never as an (L, L) tensor: the "flex" backends turn it into
+a block-sparse `flex_attention` mask (fusion/flex.py); "dense" builds the boolean reference mask
+for SDPA, once per mask, which the tests compare against.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 
 
-def generalized_causal_mask(order: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, L) orders and validity -> (B, 1, L, L) boolean mask, True where attention is allowed."""
-    allowed = order[:, None, :] <= order[:, :, None]
-    allowed = allowed & valid[:, None, :]
-    return _attend_self(allowed).unsqueeze(1)
+@dataclass
+class OrderMask:
+    """Query q sees key k iff (k_valid[k] and k_order[k] <= q_order[q] and both belong to one sample)
+    or k == q + offset. `q_sample` / `k_sample` number the samples packed into one sequence
+    (ascending); without them the whole row is one sample."""
+
+    q_order: torch.Tensor  # (B, Lq)
+    k_order: torch.Tensor  # (B, Lk)
+    k_valid: torch.Tensor  # (B, Lk)
+    offset: int = 0  # key index of query 0 itself: the rows of a joint mask below its first
+    backend: str = "dense"
+    q_sample: Optional[torch.Tensor] = None  # (B, Lq)
+    k_sample: Optional[torch.Tensor] = None  # (B, Lk)
+    _built: Optional[object] = field(default=None, repr=False, compare=False)
+    _views: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def square(cls, order: torch.Tensor, valid: torch.Tensor, backend: str = "dense",
+               sample: Optional[torch.Tensor] = None) -> "OrderMask":
+        return cls(order, order, valid, 0, backend, sample, sample)
+
+    def rows(self, start: int) -> "OrderMask":
+        """The mask of queries `start:` against the same keys (kept: every layer asks again)."""
+        return self._view(("rows", start), q_order=self.q_order[:, start:], offset=self.offset + start,
+                          q_sample=_tail(self.q_sample, start))
+
+    def corner(self, start: int) -> "OrderMask":
+        """Queries and keys both from `start:`: a square mask's lower-right block."""
+        keys = dict(k_order=self.k_order[:, start:], k_valid=self.k_valid[:, start:],
+                    k_sample=_tail(self.k_sample, start))
+        return self._view(("corner", start), q_order=self.q_order[:, start:],
+                          q_sample=_tail(self.q_sample, start), **keys)
+
+    def _view(self, key, **changes) -> "OrderMask":
+        if key not in self._views:
+            self._views[key] = replace(self, _built=None, _views={}, **changes)
+        return self._views[key]
+
+    def dense(self) -> torch.Tensor:
+        """(B, 1, Lq, Lk) boolean, True where attention is allowed: the reference form."""
+        allowed = (self.k_order[:, None, :] <= self.q_order[:, :, None]) & self.k_valid[:, None, :]
+        if self.q_sample is not None:
+            allowed &= self.q_sample[:, :, None] == self.k_sample[:, None, :]
+        q_idx = torch.arange(self.q_order.shape[1], device=allowed.device) + self.offset
+        eye = q_idx[:, None] == torch.arange(self.k_order.shape[1], device=allowed.device)[None]
+        return (allowed | eye).unsqueeze(1)
+
+    def attend(self, q, k, v, scale=None, enable_gqa: bool = False) -> torch.Tensor:
+        """(B, H, L, D) attention under this mask, built once and reused by every layer."""
+        backend = self.backend
+        if backend == "auto":
+            # torch has no flex backward on CPU, and its eager form builds dense scores anyway.
+            backend = "flex_compiled" if q.device.type == "cuda" else "dense"
+        if self._built is None:
+            self._built = self.dense() if backend == "dense" else _block_mask(self)
+        if backend == "dense":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self._built, scale=scale, enable_gqa=enable_gqa)
+        from lightbagel.fusion.flex import flex_attend
+
+        return flex_attend(q, k, v, self._built, backend == "flex_compiled", scale, enable_gqa)
 
 
-def causal_mask(valid: torch.Tensor) -> torch.Tensor:
-    """Plain causal mask over positions, hiding invalid keys: what a VLM block was trained with."""
-    length = valid.shape[1]
-    tril = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    allowed = tril[None] & valid[:, None, :]
-    return _attend_self(allowed).unsqueeze(1)
+def _block_mask(mask: OrderMask):
+    from lightbagel.fusion.flex import order_block_mask
+
+    return order_block_mask(mask)
 
 
-def _attend_self(allowed: torch.Tensor) -> torch.Tensor:
-    # A padded or dropped query with no visible key would give NaN rows in softmax; letting every
-    # token see itself keeps them finite, and nothing else ever reads those rows.
-    eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
-    return allowed | eye
+def _tail(x: Optional[torch.Tensor], start: int) -> Optional[torch.Tensor]:
+    return None if x is None else x[:, start:]
+
+
+def attend(q, k, v, mask) -> torch.Tensor:
+    """(B, H, L, D) attention under an `OrderMask` or a dense boolean mask (or none)."""
+    if isinstance(mask, OrderMask):
+        return mask.attend(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def causal_order_mask(valid: torch.Tensor, backend: str = "dense") -> OrderMask:
+    """Causal over positions is the same rule with each token's index as its order."""
+    positions = torch.arange(valid.shape[1], device=valid.device).expand(valid.shape)
+    return OrderMask.square(positions, valid, backend)

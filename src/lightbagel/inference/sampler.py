@@ -7,7 +7,8 @@ guidance on top of it; both only inside `guidance_interval`, optionally renormal
 
 The understanding side never sees the noise, so with `use_cache` it runs once (at the first
 step, for every branch) and later steps run the generation side only (`LightBagel.
-forward_generation`); the clean source slot is recomputed in the DiT at each step.
+forward_generation`). The clean source slots never see the noise either: their K/V in every DiT
+and fusion attention are kept from the first step, and later steps run the target slot alone.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class _Branches:
         self.cond, self.all = cond, stack_branches(branches)
         self.use_cache = cfg.use_cache and model.supports_cache
         self.cache: Optional[UndCache] = None
+        self.views: dict[int, UndCache] = {}
 
     def velocities(self, x: torch.Tensor, t: torch.Tensor, guided: bool) -> torch.Tensor:
         """(n_branches or 1, B, C, h, w) velocities for the noisy target."""
@@ -183,8 +185,14 @@ class _Branches:
             out = out.velocity[: n * self.batch]
         else:
             gen = self._rows(n).gen(x_all, t_all)
-            out = self.model.forward_generation(gen, self.cache.rows(slice(0, n * self.batch)))
+            out = self.model.forward_generation(gen, self._cache_rows(n))
         return _target_latents(self.model, out, x).unflatten(0, (n, self.batch))
+
+    def _cache_rows(self, n: int) -> UndCache:
+        """The cache of the first n branches, kept with its masks for every later step."""
+        if n not in self.views:
+            self.views[n] = self.cache.rows(slice(0, n * self.batch))
+        return self.views[n]
 
     @property
     def n_all(self) -> int:

@@ -23,6 +23,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "generation.cross_attention": ("skip",),
     "fusion.positional": ("per_stream", "none"),
     "fusion.edit_layout": ("vae_first", "vit_first"),
+    "fusion.attention": ("auto", "dense", "flex", "flex_compiled"),
     "objective.edit_condition": ("both", "vit", "vae"),
     "data.source": ("shapes", "webdataset"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
@@ -105,6 +106,10 @@ class FusionConfig:
     # Order of an edit source's two splits in the mask: "vae_first" (BAGEL's: clean VAE split,
     # then [vision_start, ViT image, vision_end]) or "vit_first". The paper is silent (docs/full_size.md).
     edit_layout: str = "vae_first"
+    # How every attention (VLM, DiT, fusion) applies the generalized causal rule (docs/attention.md):
+    # "auto" is compiled flex_attention on GPUs and "dense" elsewhere (torch has no flex backward on
+    # CPU); "dense" is the (B, 1, L, L) boolean SDPA reference; "flex" is eager (unfused) flex.
+    attention: str = "auto"
 
 
 @dataclass

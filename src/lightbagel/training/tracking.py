@@ -11,7 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Optional
 
-from lightning.pytorch.loggers import MLFlowLogger
+from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 
 DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -81,8 +81,9 @@ def reopen(client, run_id: Optional[str]) -> Optional[str]:
     return run_id
 
 
-class RunLogger(MLFlowLogger):
-    """MLFlowLogger whose end status says how a run stopped: Ctrl-C or SIGTERM is KILLED, not FAILED."""
+class RunLogger(BackgroundMLFlowLogger):
+    """The run's MLflow logger: metrics written off the training thread (training/mlflow_logger.py), and an
+    end status that says how a run stopped: Ctrl-C or SIGTERM is KILLED, not FAILED."""
 
     def finalize(self, status: str = "success") -> None:
         if status == "failed" and isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):

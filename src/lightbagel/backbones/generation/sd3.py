@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.backbones.generation.wan import WanAdapter
+from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig, VAEConfig
@@ -69,7 +70,7 @@ class SD3Adapter(GenerationAdapter):
         q, k, v = (proj(x).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
         return attn.to_out[0](out.transpose(1, 2).flatten(2))
 
     def head(self, hidden: torch.Tensor, cond) -> torch.Tensor:

@@ -8,11 +8,11 @@ does with frames, and each slot gets its own rotary frame index.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
+from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig
@@ -38,8 +38,17 @@ class WanAdapter(GenerationAdapter):
             freq = emb.timesteps_proj(t.flatten()).unflatten(0, (batch, -1))
             temb = emb.time_embedder(freq.to(emb.time_embedder.linear_1.weight.dtype))
             tproj = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))
-        rope = self._rope(gen.frame_pos, hp, wp)
-        return tokens, rope, (temb, tproj)
+        return tokens, self._cached_rope(gen.frame_pos, hp, wp), (temb, tproj)
+
+    def _cached_rope(self, frame_pos: torch.Tensor, hp: int, wp: int):
+        """`_rope`, kept for the last layout asked: every sampling step asks for the same one."""
+        if frame_pos.device.type == "meta":
+            return self._rope(frame_pos, hp, wp)
+        key = (tuple(frame_pos.flatten().tolist()), frame_pos.shape, hp, wp, frame_pos.device)
+        memo = getattr(self, "_rope_memo", None)
+        if memo is None or memo[0] != key:
+            self._rope_memo = (key, self._rope(frame_pos, hp, wp))
+        return self._rope_memo[1]
 
     def _rope(self, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Wan's 3D rotary table looked up at explicit (frame, row, column) positions."""
@@ -77,7 +86,7 @@ class WanAdapter(GenerationAdapter):
         q, k, v = attn.norm_q(attn.to_q(x)), attn.norm_k(attn.to_k(x)), attn.to_v(x)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
         q, k = self.rotate(q, rope), self.rotate(k, rope)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
         return attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(x))
 
     def head(self, hidden: torch.Tensor, cond) -> torch.Tensor:

@@ -27,6 +27,7 @@ from lightbagel.backbones.understanding.base import (
     UnderstandingAdapter,
     UndProcessor,
 )
+from lightbagel.backbones.understanding.order_attention import install_order_attention
 from lightbagel.inputs import TEXT, VIT, UndInputs
 from lightbagel.recipe.schema import UnderstandingConfig
 from lightbagel.registry import UNDERSTANDING
@@ -86,6 +87,7 @@ class Qwen25VLAdapter(UnderstandingAdapter):
         self.hidden_size = text.hidden_size
         self.num_heads = text.num_attention_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        install_order_attention(text)  # the fused model's masks reach the layers as `OrderMask`s
 
     @property
     def _lm(self):
