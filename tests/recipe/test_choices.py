@@ -13,6 +13,7 @@ from lightbagel.backbones.understanding.base import EDIT_LAYOUTS
 from lightbagel.cli import eval as eval_cli
 from lightbagel.cli import generate
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
+from lightbagel.fusion.mask import BACKENDS
 from lightbagel.inference.guidance import RENORM
 from lightbagel.inputs import EDIT_HIDES
 from lightbagel.precision import PRECISIONS
@@ -24,6 +25,7 @@ TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
 # schema.CHOICES key -> the table the code dispatches on for that key.
 DISPATCH = {
+    "fusion.attention": BACKENDS,
     "fusion.edit_layout": EDIT_LAYOUTS,
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,

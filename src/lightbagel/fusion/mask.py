@@ -69,10 +69,7 @@ class OrderMask:
 
     def attend(self, q, k, v, scale=None, enable_gqa: bool = False) -> torch.Tensor:
         """(B, H, L, D) attention under this mask, built once and reused by every layer."""
-        backend = self.backend
-        if backend == "auto":
-            # torch has no flex backward on CPU, and its eager form builds dense scores anyway.
-            backend = "flex_compiled" if q.device.type == "cuda" else "dense"
+        backend = BACKENDS[self.backend](q.device)
         if self._built is None:
             self._built = self.dense() if backend == "dense" else _block_mask(self)
         if backend == "dense":
@@ -80,6 +77,16 @@ class OrderMask:
         from lightbagel.fusion.flex import flex_attend
 
         return flex_attend(q, k, v, self._built, backend == "flex_compiled", scale, enable_gqa)
+
+
+# fusion.attention -> the backend that runs on a device. "auto": torch has no flex backward on CPU,
+# and its eager form builds dense scores anyway, so compiled flex on CUDA and dense elsewhere.
+BACKENDS = {
+    "auto": lambda device: "flex_compiled" if device.type == "cuda" else "dense",
+    "dense": lambda device: "dense",
+    "flex": lambda device: "flex",
+    "flex_compiled": lambda device: "flex_compiled",
+}
 
 
 def _block_mask(mask: OrderMask):
