@@ -143,3 +143,14 @@ def test_the_export_holds_the_frozen_random_initialised_weights(export, tiny_rec
     loaded = load_exported(export).state_dict()
     for name in frozen_und[:5]:
         torch.testing.assert_close(loaded[name], state[name], rtol=0, atol=0)
+
+
+def test_an_export_from_the_release_with_card_dtypes_still_loads(export, tmp_path, caplog):
+    """0.1 exports carry `understanding.dtype` / `generation.dtype`, which the precision plan replaced."""
+    old = _copy(export, tmp_path / "old", understanding__dtype="bfloat16", generation__dtype="float32")
+    with caplog.at_level("WARNING", logger="lightbagel.training.export"):
+        model = load_exported(old)
+    assert "understanding.dtype is retired" in caplog.text and "generation.dtype is retired" in caplog.text
+    reference = load_exported(export)
+    for (name, got), want in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(got, want), name

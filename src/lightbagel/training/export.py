@@ -6,13 +6,14 @@ restore (random-initialised parts of tiny cards); `recipe.yaml` beside it rebuil
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -20,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from lightbagel.errors import ModelFolderError, first_line
 from lightbagel.model import LightBagel, build_model
 from lightbagel.recipe.schema import RecipeConfig
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, RECIPE = "model.safetensors", "recipe.yaml"
 
@@ -74,13 +77,29 @@ def resolved_recipe(path: Path) -> RecipeConfig:
         raise ModelFolderError(f"{path}: cannot read: {exc.strerror}; pass a lightbagel-fit export dir") from None
 
 
+# Keys an earlier release wrote into exports and this one no longer reads: storage dtypes now come
+# from the precision plan (docs/full_size.md, "Precision"), not from the cards.
+RETIRED_KEYS = ("understanding.dtype", "generation.dtype")
+
+
 def parse_recipe(text: str, where: Path) -> RecipeConfig:
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.create(text)))
+        stored = _without_retired(OmegaConf.create(text), where)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RecipeConfig), stored))
     except (OmegaConfBaseException, yaml.YAMLError) as exc:
         key = getattr(exc, "full_key", None)
         raise ModelFolderError(f"{where}:{f' {key}:' if key else ''} not a lightbagel recipe: "
                                f"{first_line(exc)}") from None
+
+
+def _without_retired(stored, where: Path):
+    for key in RETIRED_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(stored, parent)
+        if isinstance(section, DictConfig) and leaf in section:
+            log.warning("%s: %s is retired (the precision plan sets storage dtypes); ignored", where, key)
+            section.pop(leaf)
+    return stored
 
 
 def refuse_code_loading(recipe: RecipeConfig, where: Path, trust_remote_code: bool) -> RecipeConfig:
