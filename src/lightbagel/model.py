@@ -115,6 +115,13 @@ class LightBagel(nn.Module):
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
         return self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond)
 
+    def vlm_logits(self, und: UndInputs) -> torch.Tensor:
+        """Next-token logits (B, L, vocab) of the VLM alone: understanding bypasses fusion, at
+        inference (`LightBagelPipeline.understand`) and in the understanding objective alike."""
+        hidden, rope = self.und.embed(und)
+        hidden, _ = self._run_vlm(hidden, causal_mask(und.valid.to(hidden.device)), rope, 0, self.und.num_layers)
+        return self.und.logits(hidden)
+
     def understanding_logits(self, out: FusedOutput) -> torch.Tensor:
         return self.und.logits(out.und_hidden)
 

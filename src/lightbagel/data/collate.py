@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from lightbagel.backbones.understanding.base import UndProcessor
+from lightbagel.data.chat import ChatBatch, collate_chat
 from lightbagel.inputs import UndInputs
 
 
@@ -56,7 +57,9 @@ class Collator:
     def __init__(self, processor: UndProcessor, vit_size: int):
         self.processor, self.vit_size = processor, vit_size
 
-    def __call__(self, samples: Sequence[dict]) -> TrainBatch:
+    def __call__(self, samples: Sequence[dict]) -> Union[TrainBatch, ChatBatch]:
+        if samples and samples[0].get("task") == "und":  # the pipeline never mixes und with others
+            return collate_chat(self.processor, samples)
         prompts = [self.processor.encode(prompt_segments(s["text"], s["source"], s.get("vit_size", self.vit_size)))
                    for s in samples]
         targets = torch.stack([image_to_tensor(s["target"]) for s in samples])

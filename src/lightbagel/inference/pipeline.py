@@ -129,9 +129,15 @@ class LightBagelPipeline:
         out = self.model.und.model.generate(
             input_ids=und.input_ids, attention_mask=und.attention_mask, pixel_values=und.pixel_values,
             image_grid_thw=und.image_grid_thw, mm_token_type_ids=und.mm_token_type_ids,
-            max_new_tokens=max_new_tokens, do_sample=False,
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self._stop_ids(),
         )
         return out[0, und.input_ids.shape[1]:].tolist()
+
+    def _stop_ids(self) -> list[int]:
+        """An answer ends at the turn's end (what the understanding objective trains) or at eos."""
+        tokenizer = self.model.und.processor.tokenizer
+        ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+        return [i for i in dict.fromkeys(ids) if isinstance(i, int) and i != tokenizer.unk_token_id]
 
     def _size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         height, width = height or self.image_size, width or self.image_size

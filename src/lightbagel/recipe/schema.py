@@ -256,6 +256,12 @@ class ObjectiveConfig:
     # (ViT and clean VAE tokens), "vit" (ViT only) or "vae" (VAE only). Training and sampling
     # hide the other one exactly as condition dropout does.
     edit_condition: str = "both"
+    # Loss weights. Flow matching trains generation on t2i/edit samples; the understanding loss
+    # (next-token cross-entropy on the answer tokens of `und` samples, VLM alone) trains the VLM,
+    # so it needs `understanding.freeze: false`. 0 turns an objective off and its samples are
+    # skipped: und_weight 0 is the paper's run (frozen VLM), flow_weight 0 is VLM pre-training.
+    flow_weight: float = 1.0
+    und_weight: float = 0.0
 
 
 @dataclass

@@ -13,13 +13,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 
 from lightbagel.data.collate import Collator
-from lightbagel.data.datamodule import ShapesDataModule
+from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, latest_checkpoint
-from lightbagel.training.module import LightBagelModule
+from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
 from lightbagel.training.strategy import is_sharded, make_strategy
 
@@ -52,6 +52,8 @@ def token_counter(model):
     factor = model.gen.vae.spatial_factor
 
     def count(batch) -> int:
+        if not hasattr(batch, "target"):  # an und batch: the VLM's tokens only
+            return int(batch.und.attention_mask.sum())
         h, w = batch.target.shape[-2:]
         per_image = model.gen.tokens_per_slot(h // factor, w // factor)
         return int(batch.und.attention_mask.sum()) + per_image * (len(batch) + int(batch.has_source.sum()))
@@ -80,9 +82,9 @@ def fit(recipe: Recipe) -> FitResult:
     module = LightBagelModule(cfg)
     processor = module.model.und.processor
     gen = module.model.gen
-    data = ShapesDataModule(cfg.data, processor, Path(cfg.data.root),
-                            vae_multiple=gen.vae.spatial_factor * gen.patch_size[1],
-                            batches_per_step=cfg.trainer.accumulate_grad_batches)
+    data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
+                             vae_multiple=gen.vae.spatial_factor * gen.patch_size[1],
+                             batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out)
     history = LossHistory()
     tr = cfg.trainer
