@@ -14,7 +14,7 @@ from lightbagel.training.export import resolved_recipe
 REPO = Path(__file__).resolve().parents[2]
 SHORT = ["trainer.max_steps=2", "trainer.mlflow.enabled=false", "trainer.sample_every_n_steps=0",
          "trainer.num_sample_images=1", "trainer.sample_steps=1", "trainer.enable_progress_bar=false",
-         "data.batch_size=4", f"data.root={REPO / 'data' / 'shapes'}"]
+         "data.batch_size=4", f"data.root={REPO / 'data' / 'shapes'}", "pretrain.recipe=null"]
 
 
 @pytest.mark.parametrize("swap", ["understanding=tiny_qwen2_vl", "generation=tiny_wan2_1",

@@ -24,6 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--synthetic", action="store_true", help="the shapes world (default when nothing else is asked)")
     p.add_argument("--per-category", type=int, default=32, help="synthetic prompts per category")
+    p.add_argument("--vqa-per-kind", type=int, default=32,
+                   help="synthetic questions per kind for the understanding score (0 skips it)")
     p.add_argument("--geneval", type=Path, help="GenEval evaluation_metadata.jsonl")
     p.add_argument("--dpg", type=Path, help="DPG-Bench prompts/ directory of <id>.txt")
     p.add_argument("--gedit", type=Path, help="GEdit-Bench rows (.jsonl/.json/.parquet)")
@@ -62,12 +64,19 @@ def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
     report = evaluate_synthetic(pipe, args.per_category, seed=args.seed, config=cfg, batch_size=args.batch_size,
                                 image_seed=args.seed)
     report.save_images(out / "synthetic")
+    report.save_grids(out / "grids")
     metrics = report.metrics("synthetic/")
     from lightbagel.evaluation.heldout import heldout_loss
 
     data = pipe.recipe.data
     metrics.update({f"synthetic/{k}": v for k, v in heldout_loss(pipe.model, data.image_size, data.vit_image_size).items()})
     sections = ["## Synthetic shapes world (exact scores)", report.to_markdown()]
+    if args.vqa_per_kind > 0:
+        from lightbagel.evaluation.vqa import evaluate_vqa
+
+        vqa = evaluate_vqa(pipe, args.vqa_per_kind, seed=args.seed)
+        metrics.update(vqa.metrics("vqa/"))
+        sections += ["## Understanding: exact VQA on held-out scenes", vqa.to_markdown()]
     t2i = [(it, im) for it, im in report.images if it.category != EDIT]
     if args.fid_feature:
         from lightbagel.evaluation.metrics import fid, load_feature_model
@@ -166,7 +175,8 @@ def _write(out: Path, args, cfg, metrics: dict, sections: list[str]) -> None:
     if args.mlflow_uri != "none":
         uri = args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
         params = {"model": args.model, **{f"sampler.{k}": v for k, v in cfg.to_dict().items()}}
-        run_id = log_to_mlflow(metrics, params, uri, artifacts=(out / "report.md", out / "metrics.json"))
+        files = [out / "report.md", out / "metrics.json"] + [out / "grids"] * (out / "grids").is_dir()
+        run_id = log_to_mlflow(metrics, params, uri, artifacts=tuple(files))  # grids: captioned samples
         print(f"\nmlflow: run {run_id} in {uri}")
 
 

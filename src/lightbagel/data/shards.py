@@ -53,7 +53,7 @@ REQUIRED_KEYS = {
     "edit": ("json", "source.png", "instruction.txt", "target.png"),
     "und": ("json", "image.png", "conversation.json"),
 }
-UND_TURNS = 3  # questions per und sample
+UND_TURNS = 6  # questions per und sample
 PROGRESS_MIN_SAMPLES = 2000
 
 

@@ -21,6 +21,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "fusion.block": ("double_fusion",),
     "fusion.positional": ("per_stream", "none"),
     "objective.edit_condition": ("both", "vit", "vae"),
+    "optim.schedule": ("constant", "cosine"),
     "data.source": ("shapes", "webdataset"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
     "trainer.strategy": ("auto", "fsdp2", "ddp"),
@@ -271,6 +272,21 @@ class OptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     warmup_steps: int = 2000
+    # After warmup: "constant" (the paper) or "cosine" down to min_lr_ratio x lr at trainer.max_steps
+    # (short runs such as the tiny default end better on a decayed rate).
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class PretrainConfig:
+    """A stage trained before this recipe (once, then reused) whose export initialises `parts`:
+    the embedded default's tiny VLM (training/stages.py, README.md)."""
+
+    recipe: Optional[str] = None  # path relative to this recipe's file; None: no stage
+    output_dir: str = "outputs/pretrain"  # the stage's output_dir; its export there is reused
+    parts: List[str] = field(default_factory=lambda: ["understanding"])  # understanding, generation, fusion
+    overrides: List[str] = field(default_factory=list)  # KEY=VALUE overrides of the stage recipe
 
 
 @dataclass
@@ -280,6 +296,7 @@ class RecipeConfig:
     output_dir: str = "outputs/${name}"
     # A `lightbagel-fit` export directory whose weights initialise the model (fine-tuning).
     init_from: Optional[str] = None
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     understanding: UnderstandingConfig = field(default_factory=UnderstandingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

@@ -21,6 +21,7 @@ from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, latest_checkpoint
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
+from lightbagel.training.stages import load_parts, run_pretrain
 from lightbagel.training.strategy import is_sharded, make_strategy
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def fit(recipe: Recipe) -> FitResult:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     module = LightBagelModule(cfg)
+    stage = run_pretrain(recipe)  # e.g. the tiny default's VLM: trained once, then reused
+    if stage is not None:
+        load_parts(module.model, stage, list(cfg.pretrain.parts))
     processor = module.model.und.processor
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),

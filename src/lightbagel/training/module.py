@@ -7,6 +7,7 @@ Side concerns of scaling out live in their own modules and are applied in `confi
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,7 @@ from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import TEXT, VIT, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, build_model
-from lightbagel.recipe.schema import ObjectiveConfig, RecipeConfig
+from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
 from lightbagel.training.flops import stream_weights, train_flops
@@ -149,8 +150,8 @@ class LightBagelModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                       weight_decay=opt.weight_decay)
-        warmup = max(1, opt.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        factor = lr_factor(opt, self.recipe.trainer.max_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -162,6 +163,19 @@ class LightBagelModule(L.LightningModule):
         counts = checkpoint.get("nonfinite", {})
         self.nonfinite_total = counts.get("total", 0)
         self.nonfinite_streak = counts.get("streak", 0)
+
+
+def lr_factor(opt: OptimConfig, max_steps: int):
+    """The learning-rate multiplier per optimizer step: linear warmup, then constant or cosine."""
+    warmup = max(1, opt.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup or opt.schedule == "constant":
+            return min(1.0, (step + 1) / warmup)
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def check_objective(recipe: RecipeConfig) -> None:
