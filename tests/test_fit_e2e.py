@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 from PIL import Image
-
 from safetensors.torch import load_file
 
 from lightbagel.cli.fit import main

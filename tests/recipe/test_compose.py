@@ -330,6 +330,6 @@ def test_real_tiny_recipe() -> None:
     recipe = load_recipe(Path(__file__).parents[2] / "recipes/tiny.yaml", ["trainer.max_steps=7"])
     cfg = recipe.config
     assert cfg.name == "tiny" and cfg.output_dir == "outputs/tiny"
-    assert cfg.understanding.adapter == "qwen2_5_vl" and cfg.understanding.card == "tiny_qwen2_5_vl"
+    assert cfg.understanding.adapter == "qwen2_5_vl" and cfg.understanding.card == "shapes_qwen2_5_vl"
     assert cfg.generation.vae.adapter == "pixel"
     assert cfg.trainer.max_steps == 7 and cfg.objective.timestep_shift == 1.0

@@ -43,8 +43,8 @@ def test_objective_decides_which_tasks_train():
 
 
 def test_und_samples_flow_from_shards_to_loss(tmp_path):
-    overrides = [*VLM_TRAINING, f"data.root={tmp_path}", "data.num_samples=24", "data.task_weights={und: 1.0}",
-                 "data.shuffle_buffer=1"]
+    overrides = [*VLM_TRAINING, f"data.root={tmp_path}", "data.num_samples=24", "data.shuffle_buffer=1",
+                 "data.task_weights={t2i: 0.0, edit: 0.0, und: 1.0}"]
     cfg = load_recipe(TINY, overrides).config
     module = LightBagelModule(cfg)
     processor = module.model.und.processor

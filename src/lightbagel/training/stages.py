@@ -50,7 +50,8 @@ def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional
     from lightbagel.training.fit import fit  # fit calls this module: import at run time
 
     fit(stage)
-    say(f"pretrain: {stage.path.name} done; {recipe.config.name} starts from its {', '.join(recipe.config.pretrain.parts)}")
+    parts = ", ".join(recipe.config.pretrain.parts)
+    say(f"pretrain: {stage.path.name} done; {recipe.config.name} starts from its {parts}")
     return export
 
 
