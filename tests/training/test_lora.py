@@ -89,7 +89,7 @@ def test_lora_edit_recipe_fine_tunes_a_tiny_export(tmp_path, make_batch):
     from lightbagel.training.export import export_model
     from lightbagel.training.module import LightBagelModule
 
-    tiny = ["understanding=tiny_qwen2_5_vl", "generation=tiny_wan_pixel", "trainer.card=cpu",
+    tiny = ["understanding=shapes_qwen2_5_vl", "generation=tiny_wan_pixel", "trainer.card=cpu",
             "trainer.lora.enabled=true", "trainer.lora.rank=2", "data.card=shapes", f"output_dir={tmp_path}"]
     trained = load_recipe("recipes/tiny.yaml").config
     base = build_model(trained)
