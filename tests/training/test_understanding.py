@@ -88,3 +88,15 @@ def test_tiny_vlm_overfits_one_scene_and_answers_it():
         optimizer.step()
     pipe = LightBagelPipeline(model, cfg)
     assert [pipe.understand(q.question, [image]) for q in asked] == [q.answer for q in asked]
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    from lightbagel.recipe.schema import OptimConfig
+    from lightbagel.training.module import lr_factor
+
+    cosine = lr_factor(OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1), max_steps=110)
+    values = [cosine(s) for s in range(110)]
+    assert values[0] == 0.1 and values[9] == 1.0  # linear warmup
+    assert all(a >= b for a, b in zip(values[9:], values[10:])) and abs(cosine(110) - 0.1) < 1e-9
+    constant = lr_factor(OptimConfig(warmup_steps=10), max_steps=110)
+    assert constant(9) == constant(109) == 1.0
