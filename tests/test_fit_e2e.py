@@ -85,3 +85,32 @@ def test_cli_turns_a_bad_shapes_world_into_one_line(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightbagel-fit: shapes shards need num_samples >= 1, image_size >= 8") and "\n" not in err
+
+
+def test_pretrained_recipe_freezes_the_vlm_its_stage_trained(tmp_path, capsys):
+    """recipes/tiny_pretrained.yaml (opt-in) trains recipes/tiny_vlm.yaml first, once, and starts
+    from its VLM; the embedded default has no such stage."""
+    from safetensors.torch import load_file
+
+    from lightbagel.model import build_model
+    from lightbagel.training.stages import run_pretrain
+
+    assert load_recipe(TINY).config.pretrain.recipe is None
+    stage = [f"data.root={tmp_path / 'und'}", "data.num_samples=16", "data.batch_size=4", "trainer.max_steps=2",
+             "trainer.mlflow.enabled=false", "trainer.enable_progress_bar=false"]
+    recipe = load_recipe(TINY.parent / "tiny_pretrained.yaml", [
+        f"output_dir={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}", "data.num_samples=16",
+        "data.batch_size=4", "trainer.max_steps=2", "trainer.sample_every_n_steps=0",
+        "trainer.mlflow.enabled=false", "trainer.enable_progress_bar=false",
+        f"pretrain.output_dir={tmp_path / 'vlm'}", f"pretrain.overrides=[{','.join(stage)}]"])
+    fit(recipe)
+    assert "training it first" in capsys.readouterr().out
+    # The frozen VLM is the one the stage trained: the same weights, and not the random init.
+    trained = load_file(tmp_path / "vlm" / "export" / "model.safetensors")
+    final = load_file(tmp_path / "out" / "export" / "model.safetensors")
+    und = [k for k in trained if k.startswith("und.")]
+    assert und and all(torch.equal(trained[k], final[k]) for k in und)
+    random_init = build_model(recipe.config).state_dict()
+    assert not all(torch.equal(trained[k], random_init[k]) for k in und)
+    said = []
+    assert run_pretrain(recipe, said.append) == tmp_path / "vlm" / "export" and "reusing" in said[0]

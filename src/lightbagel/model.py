@@ -174,6 +174,13 @@ class LightBagel(nn.Module):
         replay = lambda m, store, at: PrefixMask(**{**_fields(m), "store": store, "at": at,  # noqa: E731
                                                     "length": n_src, "replay": True})
         return replay(joint.corner(n_und), src.dit, 0).rows(n_src), replay(joint, src.fusion, n_und).rows(n_und + n_src)
+    def vlm_logits(self, und: UndInputs) -> torch.Tensor:
+        """Next-token logits (B, L, vocab) of the VLM alone: understanding bypasses fusion, at
+        inference (`LightBagelPipeline.understand`) and in the understanding objective alike."""
+        hidden, rope = self.und.embed(und)
+        mask = causal_order_mask(und.valid.to(hidden.device), self.attention)
+        hidden, _ = self._run_vlm(hidden, mask, rope, 0, self.und.num_layers)
+        return self.und.logits(hidden)
 
     def understanding_logits(self, out: FusedOutput) -> torch.Tensor:
         return self.und.logits(out.und_hidden)

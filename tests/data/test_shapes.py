@@ -170,8 +170,8 @@ def test_edits_are_correct_and_unambiguous():
 
 def test_twins_are_referred_to_by_position():
     twins = pair(("circle", "red", 0.5, 0.2), ("circle", "red", 0.5, 0.75))
-    assert shapes._refer(twins, 0) == "the top circle"
-    assert shapes._refer(twins, 1) == "the bottom circle"
+    assert shapes.refer(twins, 0) == "the top circle"
+    assert shapes.refer(twins, 1) == "the bottom circle"
 
 
 def answer_of(scene: Scene, question: str) -> str:

@@ -9,13 +9,14 @@ from lightbagel.cli.eval import main
 
 def test_synthetic_eval_writes_table_metrics_and_mlflow(tiny_export, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = main([str(tiny_export), "--out", str(out), "--per-category", "1", "--steps", "1",
+    rc = main([str(tiny_export), "--out", str(out), "--per-category", "1", "--steps", "1", "--vqa-per-kind", "1",
                "--mlflow-uri", f"sqlite:///{tmp_path / 'ml.db'}"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| color_attr |" in printed and "| edit |" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["synthetic/overall"] <= 1.0
+    assert "| caption |" in printed and 0.0 <= metrics["vqa/overall"] <= 1.0  # understanding beside generation
     assert (out / "report.md").read_text().startswith("# lightbagel-eval")
     import mlflow
 
@@ -24,6 +25,8 @@ def test_synthetic_eval_writes_table_metrics_and_mlflow(tiny_export, tmp_path, c
     assert runs[0].data.metrics["synthetic/overall"] == metrics["synthetic/overall"]
     # The report files go beside the store, not into ./mlruns of the working directory.
     assert {p.name for p in (tmp_path / "mlartifacts").rglob("*.md")} == {"report.md"}
+    grids = {a.path for a in client.list_artifacts(runs[0].info.run_id, "grids")}
+    assert {"grids/single_object.png", "grids/edit.png"} <= grids
 
 
 def test_public_runner_only_and_bad_input(tiny_export, tmp_path, capsys):

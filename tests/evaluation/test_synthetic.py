@@ -39,6 +39,14 @@ def test_a_swapped_colour_fails_attribution_but_not_counting():
     assert passed(type(item)("two_objects", item.prompt, item.scene), image)  # shapes and count still right
 
 
+def test_a_wrong_colour_fails_every_colour_check():
+    for item in [i for i in synthetic_items(4, seed=2) if i.category in ("colors", "color_attr")]:
+        wrong = [shapes.ShapeObject(o.shape, "purple" if o.color != "purple" else "red", o.x, o.y, o.size)
+                 for o in item.scene.objects]
+        assert passed(item, shapes.render(item.scene, 32)), item.prompt
+        assert not passed(item, shapes.render(shapes.Scene(wrong), 32)), item.prompt
+
+
 @dataclass
 class _Out:
     images: list

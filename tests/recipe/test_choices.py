@@ -19,6 +19,7 @@ from lightbagel.inputs import EDIT_HIDES
 from lightbagel.precision import PRECISIONS
 from lightbagel.recipe import CHOICES, RecipeError, load_recipe
 from lightbagel.recipe.checks import REGISTRY_KEYS
+from lightbagel.training.module import SCHEDULES
 from lightbagel.training.strategy import make_strategy
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
@@ -29,6 +30,7 @@ DISPATCH = {
     "fusion.edit_layout": EDIT_LAYOUTS,
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,
+    "optim.schedule": SCHEDULES,
     "trainer.precision": PRECISIONS,
 }
 # Closed sets not held to one table here: the single cross-attention mode and data.source (shapes or

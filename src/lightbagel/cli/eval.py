@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lightbagel.cli.common import Parser, add_trust_flag, at_boundary, check_device, positive_int
+from lightbagel.cli.common import Parser, add_trust_flag, at_boundary, check_device, non_negative_int, positive_int
 from lightbagel.cli.generate import sampler_overrides
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.recipe.schema import DTYPE_NAMES
@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_trust_flag(p)
     p.add_argument("--synthetic", action="store_true", help="the shapes world (default when nothing else is asked)")
     p.add_argument("--per-category", type=positive_int, default=32, help="synthetic prompts per category")
+    p.add_argument("--vqa-per-kind", type=non_negative_int, default=32,
+                   help="synthetic questions per kind for the understanding score (0 skips it)")
     p.add_argument("--geneval", type=Path, help="GenEval evaluation_metadata.jsonl")
     p.add_argument("--dpg", type=Path, help="DPG-Bench prompts/ directory of <id>.txt")
     p.add_argument("--gedit", type=Path, help="GEdit-Bench rows (.jsonl/.json/.parquet)")
@@ -66,6 +68,7 @@ def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
     report = evaluate_synthetic(pipe, args.per_category, seed=args.seed, config=cfg, batch_size=args.batch_size,
                                 image_seed=args.seed)
     report.save_images(out / "synthetic")
+    report.save_grids(out / "grids")
     metrics = report.metrics("synthetic/")
     from lightbagel.evaluation.heldout import heldout_loss
 
@@ -73,6 +76,12 @@ def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
     losses = heldout_loss(pipe.model, data.image_size, data.vit_image_size)
     metrics.update({f"synthetic/{k}": v for k, v in losses.items()})
     sections = ["## Synthetic shapes world (exact scores)", report.to_markdown()]
+    if args.vqa_per_kind > 0:
+        from lightbagel.evaluation.vqa import evaluate_vqa
+
+        vqa = evaluate_vqa(pipe, args.vqa_per_kind, seed=args.seed)
+        metrics.update(vqa.metrics("vqa/"))
+        sections += ["## Understanding: exact VQA on held-out scenes", vqa.to_markdown()]
     t2i = [(it, im) for it, im in report.images if it.category != EDIT]
     if args.fid_feature:
         from lightbagel.evaluation.metrics import fid, load_feature_model
@@ -180,8 +189,9 @@ def _write(out: Path, args, samplers: dict, metrics: dict, sections: list[str]) 
                                           for k, v in cfg.items()}}
         t2i = samplers["t2i"]
         name = f"eval {Path(args.model).resolve().parent.name} steps={t2i['steps']} cfg={t2i['text_guidance']:g}"
+        files = [out / "report.md", out / "metrics.json"] + [out / "grids"] * (out / "grids").is_dir()
         run_id = log_to_mlflow(metrics, params, uri, run_name=name, parent=trained[1:] if trained else None,
-                               artifacts=(out / "report.md", out / "metrics.json"))
+                               artifacts=tuple(files))
         where = f"nested under training run {trained[2]}" if trained else "its own experiment"
         print(f"\nmlflow: run {run_id} in {uri} ({where})")
 

@@ -51,6 +51,11 @@ class ResolutionPolicy:
             n += gen + (vit[0] // self.cfg.vit_multiple) * (vit[1] // self.cfg.vit_multiple) + 2
         return n
 
+    def chat_tokens(self, vit: list[Size], conversation: list[dict]) -> int:
+        """Tokens of an und sample: its ViT images and every turn's words (the VLM alone runs)."""
+        words = sum(len(str(turn["content"]).split()) + 3 for turn in conversation)
+        return words + sum((w // self.cfg.vit_multiple) * (h // self.cfg.vit_multiple) + 2 for w, h in vit)
+
 
 def resized(image: Image.Image, size: Size) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.BICUBIC)

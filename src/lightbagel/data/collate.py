@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from PIL import Image
 
 from lightbagel.backbones.understanding.base import UndProcessor
 from lightbagel.data.buckets import resized
+from lightbagel.data.chat import ChatBatch, collate_chat
 from lightbagel.inputs import UndInputs
 
 
@@ -55,7 +56,9 @@ class Collator:
             return [sample["vit_source"]]
         return [resized(sample["source"], (self.vit_size, self.vit_size))]
 
-    def __call__(self, samples: Sequence[dict]) -> TrainBatch:
+    def __call__(self, samples: Sequence[dict]) -> Union[TrainBatch, ChatBatch]:
+        if samples and samples[0].get("task") == "und":  # the pipeline never mixes und with others
+            return collate_chat(self.processor, samples)
         prompts = [self.processor.prompt(s["text"], self._vit_sources(s)) for s in samples]
         targets = torch.stack([image_to_tensor(s["target"]) for s in samples])
         sources = torch.stack([

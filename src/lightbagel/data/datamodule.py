@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch.distributed as dist
@@ -18,9 +18,11 @@ from torch.utils.data import DataLoader
 
 from lightbagel.backbones.understanding.base import UndProcessor
 from lightbagel.data.buckets import ResolutionPolicy
+from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import Collator, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
+from lightbagel.data.samples import TRAINABLE
 from lightbagel.data.shards import SkipCounter, write_shapes_shards
 from lightbagel.data.streams import expand_urls
 from lightbagel.errors import DataError
@@ -39,9 +41,10 @@ def _first(batch: Any) -> Any:
 class MixtureDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, processor: UndProcessor, root: Optional[Path] = None, *,
                  vae_multiple: Optional[int] = None, batches_per_step: int = 1,
-                 rank: Optional[int] = None, world_size: Optional[int] = None):
+                 rank: Optional[int] = None, world_size: Optional[int] = None,
+                 tasks: Sequence[str] = TRAINABLE):
         super().__init__()
-        self.cfg, self.processor = cfg, processor
+        self.cfg, self.processor, self.tasks = cfg, processor, tuple(tasks)
         self.root = Path(root if root is not None else cfg.root)
         self.vae_multiple = cfg.resolution.vae_multiple or vae_multiple or WAN_VAE_MULTIPLE
         self.batches_per_step, self._rank, self._world = batches_per_step, rank, world_size
@@ -101,7 +104,7 @@ class MixtureDataModule(L.LightningDataModule):
             policy=ResolutionPolicy(cfg.resolution, self.vae_multiple),
             collator=Collator(self.processor, cfg.vit_image_size),
             batch_size=cfg.batch_size, token_budget=cfg.packing.token_budget,
-            max_wait=cfg.packing.max_wait, block_size=max(1, cfg.shuffle_buffer), seed=cfg.seed,
+            max_wait=cfg.packing.max_wait, block_size=max(1, cfg.shuffle_buffer), seed=cfg.seed, tasks=self.tasks,
             rank=rank, world_size=world, batches_per_step=self.batches_per_step,
             consumed=self.consumed, roles=dict(self.roles),
         )
@@ -113,7 +116,7 @@ class MixtureDataModule(L.LightningDataModule):
                           prefetch_factor=2 if workers > 0 else None)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, TrainBatch) and batch.data_state is not None:
+        if isinstance(batch, (TrainBatch, ChatBatch)) and batch.data_state is not None:
             self.record(batch.data_state)
         return batch
 

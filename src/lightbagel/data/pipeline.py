@@ -56,6 +56,8 @@ class MixturePlan:
     max_wait: int
     block_size: int
     seed: int = 0
+    # Tasks the objective trains (`und` only with objective.und_weight > 0); others are skipped.
+    tasks: tuple[str, ...] = TRAINABLE
     rank: int = 0
     world_size: int = 1
     batches_per_step: int = 1
@@ -123,10 +125,25 @@ class SlotWorker:
         except BadSample as exn:
             counter.add(exn.reason, str(exn))
             return None
-        if record["task"] not in TRAINABLE or len(record["sources"]) > 1:
+        multi_source = record["task"] != "und" and len(record["sources"]) > 1
+        if record["task"] not in self.plan.tasks or multi_source:
             counter.add("unsupported_task", f"{record['key']}: {record['task']} with {len(record['sources'])} images")
             return None
+        if record["task"] == "und":
+            return self._resize_und(record, spec.name)
         return self._resize(record, spec.name)
+
+    def _resize_und(self, record: dict, source_name: str) -> tuple[tuple, dict]:
+        """Images at their ViT size; und samples form their own buckets (a batch is one task kind)."""
+        policy = self.plan.policy
+        sizes = [policy.vit_size(image.size) for image in record["sources"]]
+        item = {
+            "key": record["key"], "task": "und", "text": record["text"], "source_name": source_name,
+            "conversation": record["conversation"],
+            "images": [resized(image, size) for image, size in zip(record["sources"], sizes)],
+            "tokens": policy.chat_tokens(sizes, record["conversation"]),
+        }
+        return ("und", *sizes[0]) if sizes else ("und",), item
 
     def _resize(self, record: dict, source_name: str) -> tuple[Size, dict]:
         policy = self.plan.policy

@@ -16,7 +16,8 @@ Images may be PNG, JPEG or WebP (``.png``, ``.jpg``, ``.jpeg``, ``.webp``).
 
 Records are dicts with ``key``, ``task``, ``text``, ``target`` (PIL RGB or None), ``source``
 (the single source image or None), ``sources`` (all condition images), ``conversation`` (und
-only) and ``meta``. The model trains on ``t2i`` and single-source ``edit`` records today.
+only) and ``meta``. Flow matching trains on ``t2i`` and single-source ``edit`` records, the
+understanding objective on ``und`` records (docs/data.md).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from PIL import Image
 
 from lightbagel.data.images import UnsupportedMode, to_rgb
 
-TRAINABLE = ("t2i", "edit")
+TASKS = ("t2i", "edit", "und", "in_context")
+TRAINABLE = ("t2i", "edit")  # the default objective: flow matching alone
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 MAX_IMAGES = 16  # numbered images per sample that the parser looks for
 

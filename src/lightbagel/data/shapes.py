@@ -40,7 +40,7 @@ SUPERSAMPLE = 4
 MIN_BLOB_FRACTION = 0.02  # blobs below this share of the image are noise
 MAX_RESIDUAL = 60.0  # RGB distance beyond which a pixel matches no palette colour
 
-_SIDE_WORDS = {"left of": "left", "right of": "right", "above": "top", "below": "bottom"}
+SIDE_WORDS = {"left of": "left", "right of": "right", "above": "top", "below": "bottom"}
 _TEMPLATE_WORDS = (
     "a an two left right of above below top bottom the make remove add turn into "
     "what color is shape how many objects are there on at yes no"
@@ -187,7 +187,7 @@ def caption(scene: Scene) -> str:
     return f"{_phrase(a)} {relation(a, b)} {_phrase(b)}"
 
 
-def _refer(scene: Scene, index: int) -> str:
+def refer(scene: Scene, index: int) -> str:
     """The shortest unambiguous noun phrase for one object of the scene."""
     obj = scene.objects[index]
     others = [o for i, o in enumerate(scene.objects) if i != index]
@@ -197,17 +197,17 @@ def _refer(scene: Scene, index: int) -> str:
         return f"the {obj.color} {obj.shape}"
     if len(others) != 1:
         raise ValueError("cannot refer to one of several identical objects")
-    return f"the {_SIDE_WORDS[relation(obj, others[0])]} {obj.shape}"
+    return f"the {SIDE_WORDS[relation(obj, others[0])]} {obj.shape}"
 
 
 def _edit_recolor(rng: random.Random, scene: Scene) -> tuple[str, Scene]:
     i, color = _change_one(rng, scene, "color", list(COLORS))
-    return f"make {_refer(scene, i)} {color}", _with(scene, i, color=color)
+    return f"make {refer(scene, i)} {color}", _with(scene, i, color=color)
 
 
 def _edit_reshape(rng: random.Random, scene: Scene) -> tuple[str, Scene]:
     i, shape = _change_one(rng, scene, "shape", list(SHAPES))
-    return f"turn {_refer(scene, i)} into {_article(shape)} {shape}", _with(scene, i, shape=shape)
+    return f"turn {refer(scene, i)} into {_article(shape)} {shape}", _with(scene, i, shape=shape)
 
 
 def _change_one(rng: random.Random, scene: Scene, attr: str, values: list[str]) -> tuple[int, str]:
@@ -224,7 +224,7 @@ def _with(scene: Scene, index: int, **changes: str) -> Scene:
 def _edit_remove(rng: random.Random, scene: Scene) -> tuple[str, Scene]:
     i = rng.randrange(len(scene.objects))
     objects = [o for j, o in enumerate(scene.objects) if j != i]
-    return f"remove {_refer(scene, i)}", Scene(objects)
+    return f"remove {refer(scene, i)}", Scene(objects)
 
 
 def _edit_add(rng: random.Random, scene: Scene) -> tuple[str, Scene] | None:
@@ -264,7 +264,7 @@ def sample_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
         return "how many objects are there", NUMBER_WORDS[len(objs)]
     if kind == "color":
         i = rng.randrange(len(objs))
-        return f"what color is {_refer(scene, i)}", objs[i].color
+        return f"what color is {refer(scene, i)}", objs[i].color
     if kind == "exists":
         if rng.random() < 0.5:
             shape, color = rng.choice(objs).kind
@@ -273,7 +273,7 @@ def sample_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
         answer = "yes" if any(o.kind == (shape, color) for o in objs) else "no"
         return f"is there {_article(color)} {color} {shape}", answer
     i = rng.randrange(2)
-    side = _SIDE_WORDS[relation(objs[i], objs[1 - i])]
+    side = SIDE_WORDS[relation(objs[i], objs[1 - i])]
     where = f"on the {side}" if side in ("left", "right") else f"at the {side}"
     return f"what shape is {where}", objs[i].shape
 

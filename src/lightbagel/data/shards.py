@@ -4,16 +4,19 @@ Sample schema (one tar member per field, all sharing the sample's ``__key__``,
 e.g. ``sample00000042``):
 
 ``task.txt``
-    ``"t2i"`` or ``"edit"``.
+    ``"t2i"``, ``"edit"`` or ``"und"``.
 ``json``
     metadata: ``{"index": int, "seed": int, "task": str, "image_size": int,
-    "target_scene": Scene dict, "source_scene": Scene dict or null}``.
+    "target_scene": Scene dict, "source_scene": Scene dict or null}`` (und: the
+    image's scene is ``target_scene``).
 ``caption.txt`` (t2i only)
     the caption of ``target_scene``.
 ``source.png`` and ``instruction.txt`` (edit only)
     the image before the edit and the instruction that turns it into the target.
-``target.png``
+``target.png`` (t2i and edit)
     the image to generate: RGB PNG, ``image_size`` x ``image_size``.
+``image.png`` and ``conversation.json`` (und only)
+    the scene and a chat about it: questions with exact answers (data/questions.py).
 
 Shards are named ``shapes-%06d.tar``; ``manifest.json`` next to them records the
 generation parameters, so an identical second call reuses them.
@@ -38,7 +41,7 @@ import webdataset as wds
 from PIL import Image
 from webdataset.cache import StreamingOpen
 
-from lightbagel.data import shapes
+from lightbagel.data import questions, shapes
 from lightbagel.data.images import to_rgb
 from lightbagel.errors import DataError
 
@@ -46,12 +49,14 @@ log = logging.getLogger(__name__)
 
 SHARD_PATTERN = "shapes-%06d.tar"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1  # bump when the generator changes, to invalidate cached shards
-TASKS = ("t2i", "edit")
+FORMAT_VERSION = 2  # bump when the generator changes, to invalidate cached shards
+TASKS = ("t2i", "edit", "und")
 REQUIRED_KEYS = {
     "t2i": ("json", "caption.txt", "target.png"),
     "edit": ("json", "source.png", "instruction.txt", "target.png"),
+    "und": ("json", "image.png", "conversation.json"),
 }
+UND_TURNS = 6  # questions per und sample
 PROGRESS_MIN_SAMPLES = 2000
 
 
@@ -83,6 +88,12 @@ def make_sample(index: int, seed: int, image_size: int, weights: dict[str, float
         "index": index, "seed": sample_seed, "task": task, "image_size": image_size
     }
     sample = {"__key__": f"sample{index:08d}", "task.txt": task}
+    if task == "und":
+        meta.update(target_scene=scene.to_dict(), source_scene=None)
+        sample["image.png"] = _png(shapes.render(scene, image_size))
+        sample["conversation.json"] = json.dumps(questions.conversation(rng, scene, UND_TURNS))
+        sample["json"] = json.dumps(meta, sort_keys=True)
+        return sample
     if task == "t2i":
         meta.update(target_scene=scene.to_dict(), source_scene=None)
         sample["caption.txt"] = shapes.caption(scene)
@@ -317,6 +328,10 @@ def _to_record(sample: dict) -> dict:
     if not isinstance(meta, dict):
         raise TypeError("json metadata is not an object")
     is_edit = task == "edit"
+    if task == "und":
+        turns = sample["conversation.json"]
+        return {"key": sample["__key__"], "task": task, "conversation": turns, "image": _rgb(sample["image.png"]),
+                "text": "\n".join(t["content"] for t in turns if t["role"] == "user"), "meta": meta}
     return {
         "key": sample["__key__"],
         "task": task,

@@ -37,8 +37,11 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
         client.log_param(run_id, key, str(value)[:500])  # MLflow's limit on a param value
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
-    for path in artifacts:
-        client.log_artifact(run_id, str(path))
+    for path in artifacts:  # a folder goes in whole, under its own name
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), Path(path).name)
+        else:
+            client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
 

@@ -113,6 +113,24 @@ class SyntheticReport:
             (folder / f"{i:04d}.txt").write_text(item.prompt + "\n")
 
 
+    def save_grids(self, out_dir: Path, per_grid: int = 8) -> list[Path]:
+        """One captioned grid per category (`<category>.png`): the generated row above the
+        reference (and the source row first for edits), the prompt under each column."""
+        from lightbagel.training.callbacks import captioned_grid
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for category in dict.fromkeys(item.category for item, _ in self.images):
+            shown = [(it, im) for it, im in self.images if it.category == category][:per_grid]
+            side = shown[0][1].width
+            rows = [[im for _, im in shown], [shapes.render(it.scene, side) for it, _ in shown]]
+            if category == EDIT:
+                rows.insert(0, [shapes.render(it.source, side) for it, _ in shown])
+            paths.append(out_dir / f"{category}.png")
+            captioned_grid(rows, [it.prompt for it, _ in shown]).save(paths[-1])
+        return paths
+
+
 def evaluate_synthetic(pipe, per_category: int = 16, seed: int = 0, config=None, batch_size: int = 32,
                        image_seed: int = 0, progress: bool = True) -> SyntheticReport:
     """Generates every item with `pipe` (a LightBagelPipeline) and scores it exactly."""

@@ -25,6 +25,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "fusion.edit_layout": ("vae_first", "vit_first"),
     "fusion.attention": ("auto", "dense", "flex", "flex_compiled"),
     "objective.edit_condition": ("both", "vit", "vae"),
+    "optim.schedule": ("constant", "cosine"),
     "data.source": ("shapes", "webdataset"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
 }
@@ -268,6 +269,12 @@ class ObjectiveConfig:
     # (ViT and clean VAE tokens), "vit" (ViT only) or "vae" (VAE only). Training and sampling
     # hide the other one exactly as condition dropout does.
     edit_condition: str = "both"
+    # Loss weights. Flow matching trains generation on t2i/edit samples; the understanding loss
+    # (next-token cross-entropy on the answer tokens of `und` samples, VLM alone) trains the VLM,
+    # so it needs `understanding.freeze: false`. 0 turns an objective off and its samples are
+    # skipped: und_weight 0 is the paper's run (frozen VLM), flow_weight 0 is VLM pre-training.
+    flow_weight: float = 1.0
+    und_weight: float = 0.0
 
 
 @dataclass
@@ -277,6 +284,21 @@ class OptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     warmup_steps: int = 2000
+    # After warmup: "constant" (the paper) or "cosine" down to min_lr_ratio x lr at trainer.max_steps
+    # (short runs such as the tiny default end better on a decayed rate).
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class PretrainConfig:
+    """A stage trained before this recipe (once, then reused) whose export initialises `parts`:
+    off by default; recipes/tiny_pretrained.yaml pre-trains its tiny VLM (training/stages.py, README.md)."""
+
+    recipe: Optional[str] = None  # path relative to this recipe's file; None: no stage
+    output_dir: str = "outputs/pretrain"  # the stage's output_dir; its export there is reused
+    parts: List[str] = field(default_factory=lambda: ["understanding"])  # understanding, generation, fusion
+    overrides: List[str] = field(default_factory=list)  # KEY=VALUE overrides of the stage recipe
 
 
 @dataclass
@@ -286,6 +308,7 @@ class RecipeConfig:
     output_dir: str = "outputs/${name}"
     # A `lightbagel-fit` export directory whose weights initialise the model (fine-tuning).
     init_from: Optional[str] = None
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     understanding: UnderstandingConfig = field(default_factory=UnderstandingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

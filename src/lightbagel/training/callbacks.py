@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from lightbagel.data import shapes
 from lightbagel.data.collate import Collator, tensor_to_image
@@ -39,10 +40,30 @@ def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Ima
     return grid
 
 
+def captioned_grid(rows: Sequence[Sequence[Image.Image]], captions: Sequence[str], scale: int = 4,
+                   pad: int = 2) -> Image.Image:
+    """`image_grid` with pixels enlarged `scale` times (nearest: no blur hides the detail) and the
+    prompt of each column written under it, wrapped to the column's width."""
+    big = [[im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in row] for row in rows]
+    grid = image_grid(big, pad)
+    width = big[0][0].width
+    font = ImageFont.load_default()
+    chars = max(4, width // max(1, int(font.getlength("m"))))
+    lines = [textwrap.wrap(text, chars) or [""] for text in captions]
+    line_h = font.getbbox("Ay")[3] + 2
+    canvas = Image.new("RGB", (grid.width, grid.height + line_h * max(map(len, lines)) + pad), (255, 255, 255))
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for j, wrapped in enumerate(lines):
+        for k, line in enumerate(wrapped):
+            draw.text((pad + j * (width + pad), grid.height + k * line_h), line, fill=(0, 0, 0), font=font)
+    return canvas
+
+
 @torch.no_grad()
 def render_samples(model, collator: Collator, samples: list[dict], steps: int, shift: float,
                    guidance: float, seed: int = 0) -> Image.Image:
-    """Rows: source (blank for T2I), generated, reference."""
+    """Rows: source (blank for T2I), generated, reference; the prompt under each column."""
     batch = collator(samples)
     device = next(model.parameters()).device
     gen = model.gen
@@ -55,11 +76,11 @@ def render_samples(model, collator: Collator, samples: list[dict], steps: int, s
     )
     images = gen.vae.decode(latents)
     blank = Image.new("RGB", samples[0]["target"].size, (255, 255, 255))
-    return image_grid([
+    return captioned_grid([
         [s["source"] or blank for s in samples],
         [tensor_to_image(x) for x in images],
         [s["target"] for s in samples],
-    ])
+    ], [s["text"] for s in samples])
 
 
 class SampleGrid(L.Callback):

@@ -23,9 +23,10 @@ from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
-from lightbagel.training.module import LightBagelModule
+from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
 from lightbagel.training.runs import check_resume, folder_lock, is_rank_zero, write_record
+from lightbagel.training.stages import load_parts, run_pretrain
 from lightbagel.training.strategy import is_sharded, make_strategy
 from lightbagel.training.tracking import make_logger
 
@@ -59,6 +60,8 @@ def token_counter(model):
     factor = model.gen.vae.spatial_factor
 
     def count(batch) -> int:
+        if not hasattr(batch, "target"):  # an und batch: the VLM's tokens only
+            return int(batch.und.attention_mask.sum())
         h, w = batch.target.shape[-2:]
         per_image = model.gen.tokens_per_slot(h // factor, w // factor)
         return int(batch.und.attention_mask.sum()) + per_image * (len(batch) + int(batch.has_source.sum()))
@@ -95,11 +98,14 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     module = LightBagelModule(cfg)
+    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
+    if stage is not None:
+        load_parts(module.model, stage, list(cfg.pretrain.parts))
     processor = module.model.und.processor
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
                              vae_multiple=vae_multiple_of(gen),
-                             batches_per_step=cfg.trainer.accumulate_grad_batches)
+                             batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
     if is_rank_zero():
         write_record(out, plain, getattr(logger, "run_id", None))

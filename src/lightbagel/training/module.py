@@ -1,4 +1,5 @@
-"""The LightningModule: flow matching on the fused model, condition dropout, AdamW.
+"""The LightningModule: flow matching on the fused model, condition dropout, AdamW; optionally the
+understanding objective (answer-token cross-entropy of the VLM) on `und` batches.
 
 Side concerns of scaling out live in their own modules and are applied in `configure_model`
 (FSDP2, activation checkpointing: sharding.py; EMA: ema.py; LoRA: lora.py).
@@ -6,19 +7,22 @@ Side concerns of scaling out live in their own modules and are applied in `confi
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, build_model
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
-from lightbagel.recipe.schema import ObjectiveConfig, RecipeConfig
+from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
 from lightbagel.training.export import WEIGHTS, check_weights, read_weights
@@ -32,6 +36,7 @@ class LightBagelModule(L.LightningModule):
     def __init__(self, recipe: RecipeConfig, model: LightBagel | None = None):
         super().__init__()
         self.recipe = recipe
+        check_objective(recipe)
         self.model = model if model is not None else build_model(recipe)
         if recipe.init_from:
             load_init(self.model, recipe.init_from)
@@ -59,8 +64,8 @@ class LightBagelModule(L.LightningModule):
             self.ema = EMAWeights(self.model, tr.ema.decay)
         self._configured = True
 
-    def training_step(self, batch: TrainBatch, batch_idx: int) -> Optional[torch.Tensor]:
-        loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
+    def training_step(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> Optional[torch.Tensor]:
+        loss, logged = self.weighted_loss(batch, batch_idx)
         if not self._all_ranks_finite(loss):
             # Skipped on every rank alike (no backward, no optimizer step), counted, and stopped
             # by NonFiniteGuard after `trainer.max_nonfinite_steps` in a row.
@@ -72,11 +77,30 @@ class LightBagelModule(L.LightningModule):
         # MLflow's run page orders chart sections by name: "loss" comes before "mixture" (data) and
         # "train" (throughput), so the loss chart is the first a reader sees.
         self.log("loss/train", loss, prog_bar=True, batch_size=len(batch))
-        self.log("train/target_tokens", float(n_tokens), batch_size=len(batch))
+        for name, value in logged.items():  # loss/flow or loss/und, and the tokens it was taken over
+            self.log(name, value, batch_size=len(batch))
         if self._configured:
-            und_tokens = int(batch.und.attention_mask.sum())
-            self.flops_per_batch = train_flops(self._weights, und_tokens, n_tokens * (1 + int(batch.has_source.any())))
+            self.flops_per_batch = self._batch_flops(batch, int(logged.get("train/target_tokens", 0)))
         return loss
+
+    def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
+        slots = 1 + int(batch.has_source.any()) if isinstance(batch, TrainBatch) else 0
+        return train_flops(self._weights, int(batch.und.attention_mask.sum()), target_tokens * slots)
+
+    def weighted_loss(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> tuple[torch.Tensor, dict]:
+        """The recipe-weighted loss of a batch and what to log beside it. The data pipeline never
+        mixes `und` samples with image samples, so a batch trains one objective."""
+        obj = self.recipe.objective
+        if isinstance(batch, ChatBatch):
+            loss, n_answer = self.understanding_loss(batch)
+            return obj.und_weight * loss, {"loss/und": loss.detach(), "train/answer_tokens": float(n_answer)}
+        loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
+        return obj.flow_weight * loss, {"loss/flow": loss.detach(), "train/target_tokens": float(n_tokens)}
+
+    def understanding_loss(self, batch: ChatBatch) -> tuple[torch.Tensor, int]:
+        """Next-token cross-entropy of the VLM alone on the answer tokens (the mean over them)."""
+        logits = self.model.vlm_logits(batch.und)
+        return answer_loss(logits, batch.und.input_ids, batch.answer_mask), int(batch.answer_mask[:, 1:].sum())
 
     def _seeds(self, batch: TrainBatch, batch_idx: int) -> list[int]:
         """Per-sample keys: (seed, micro-step, global sample index); see randomness.py."""
@@ -133,8 +157,8 @@ class LightBagelModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                       weight_decay=opt.weight_decay)
-        warmup = max(1, opt.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        factor = lr_factor(opt, self.recipe.trainer.max_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -146,6 +170,53 @@ class LightBagelModule(L.LightningModule):
         counts = checkpoint.get("nonfinite", {})
         self.nonfinite_total = counts.get("total", 0)
         self.nonfinite_streak = counts.get("streak", 0)
+
+
+def _cosine(opt: OptimConfig, progress: float) -> float:
+    return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# `optim.schedule` -> the multiplier after warmup, given the fraction of the remaining steps done.
+SCHEDULES = {"constant": lambda opt, progress: 1.0, "cosine": _cosine}
+
+
+def lr_factor(opt: OptimConfig, max_steps: int):
+    """The learning-rate multiplier per optimizer step: linear warmup, then constant or cosine."""
+    warmup = max(1, opt.warmup_steps)
+    after = SCHEDULES[opt.schedule]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return min(1.0, (step + 1) / warmup)
+        return after(opt, min(1.0, (step - warmup) / max(1, max_steps - warmup)))
+
+    return factor
+
+
+def check_objective(recipe: RecipeConfig) -> None:
+    obj = recipe.objective
+    if obj.flow_weight < 0 or obj.und_weight < 0 or obj.flow_weight + obj.und_weight == 0:
+        raise ValueError(f"objective.flow_weight {obj.flow_weight} and objective.und_weight {obj.und_weight}: "
+                         "both must be >= 0 and at least one > 0")
+    if obj.und_weight > 0 and recipe.understanding.freeze and not recipe.trainer.lora.enabled:
+        raise ValueError(f"objective.und_weight {obj.und_weight} trains the VLM, but understanding.freeze is true; "
+                         "set understanding.freeze=false (or objective.und_weight=0)")
+
+
+def objective_tasks(recipe: RecipeConfig) -> tuple[str, ...]:
+    """The sample tasks the recipe's objectives train; the data pipeline skips the others."""
+    obj = recipe.objective
+    return (("t2i", "edit") if obj.flow_weight > 0 else ()) + (("und",) if obj.und_weight > 0 else ())
+
+
+def answer_loss(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting each answer token from the tokens before it.
+
+    logits (B, L, V) at position j predict token j + 1; only tokens with `answer_mask` count, so
+    whatever sits at question, image or padding positions never enters the loss as a target.
+    """
+    keep = answer_mask[:, 1:]
+    return F.cross_entropy(logits[:, :-1][keep].float(), input_ids[:, 1:][keep])
 
 
 def load_init(model: LightBagel, export_dir: str | Path) -> None:

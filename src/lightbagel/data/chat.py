@@ -1,0 +1,84 @@
+"""`und` samples (images + a chat) -> VLM inputs with the answer tokens marked.
+
+The chat layout is Qwen's, the one `LightBagelPipeline.answer_tokens` prompts with, so a VLM
+trained on these batches answers the pipeline's questions. Only assistant turns (and the
+`<|im_end|>` that closes each, so the model learns to stop) carry the understanding loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+
+from lightbagel.backbones.understanding.base import EncodedPrompt, Segment, UndProcessor
+from lightbagel.inputs import UndInputs
+
+IMAGE = "<image>"  # where the next image goes in a user turn (docs/data.md)
+
+
+@dataclass
+class ChatBatch:
+    und: UndInputs
+    answer_mask: torch.Tensor  # (B, L) True on the tokens the VLM must predict
+    texts: list[str]
+    data_state: Optional[dict] = None  # as TrainBatch.data_state
+
+    def __len__(self) -> int:
+        return self.answer_mask.shape[0]
+
+
+def _user_pieces(role: str, content: str, images: list[Image.Image], key: str) -> list[tuple[Segment, bool]]:
+    pieces: list[tuple[Segment, bool]] = [(f"<|im_start|>{role}\n", False)]
+    for k, text in enumerate(content.split(IMAGE)):
+        if k:
+            if not images:
+                raise ValueError(f"{key}: conversation has more {IMAGE} marks than images")
+            pieces.append((images.pop(0), False))
+        if text:
+            pieces.append((text, False))
+    return pieces + [("<|im_end|>\n", False)]
+
+
+def chat_pieces(conversation: Sequence[dict], images: Sequence[Image.Image], key: str = "sample"
+                ) -> list[tuple[Segment, bool]]:
+    """The chat as (segment, is_answer) pieces; images without a mark go before the first turn's text."""
+    queue = list(images)
+    marks = sum(str(t["content"]).count(IMAGE) for t in conversation)
+    lead = [(queue.pop(0), False) for _ in range(max(0, len(queue) - marks))]
+    pieces: list[tuple[Segment, bool]] = []
+    for turn in conversation:
+        role, content = str(turn["role"]), str(turn["content"])
+        if role == "assistant":
+            pieces += [("<|im_start|>assistant\n", False), (content, True), ("<|im_end|>", True), ("\n", False)]
+        else:
+            pieces += _user_pieces(role, content, queue, key)
+    return pieces[:1] + lead + pieces[1:]
+
+
+def encode_chat(processor: UndProcessor, conversation: Sequence[dict], images: Sequence[Image.Image],
+                key: str = "sample") -> tuple[EncodedPrompt, list[bool]]:
+    """The prompt and, per token, whether it belongs to an answer.
+
+    The processor tokenises each segment on its own, so a piece's tokens are exactly those of the
+    piece encoded alone: the answer spans need no second tokenisation of the whole chat.
+    """
+    pieces = chat_pieces(conversation, images, key)
+    prompt = processor.encode([seg for seg, _ in pieces])
+    mask: list[bool] = []
+    for seg, is_answer in pieces:
+        mask += [is_answer] * len(processor.encode([seg]).input_ids)
+    if len(mask) != len(prompt.input_ids):
+        raise ValueError(f"{key}: the processor does not tokenise segments independently; cannot mark answers")
+    return prompt, mask
+
+
+def collate_chat(processor: UndProcessor, samples: Sequence[dict]) -> ChatBatch:
+    """Samples with `conversation` and `images` (ViT-sized PIL images) -> one right-padded batch."""
+    encoded = [encode_chat(processor, s["conversation"], s["images"], s.get("key", "sample")) for s in samples]
+    und = processor.collate([prompt for prompt, _ in encoded])
+    length = und.input_ids.shape[1]
+    mask = torch.tensor([m + [False] * (length - len(m)) for _, m in encoded], dtype=torch.bool)
+    return ChatBatch(und, mask, [s["text"] for s in samples])

@@ -1,0 +1,39 @@
+"""The exact understanding score: held-out shapes-world questions, answered word for word."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightbagel.data import questions, shapes
+from lightbagel.evaluation.vqa import evaluate_vqa, vqa_items
+
+
+class _Answerer:
+    """Answers from a table keyed by (question, rendered image): right, or always `fixed`."""
+
+    image_size = 32
+
+    def __init__(self, items, fixed: str | None = None):
+        self.table = {(it.question.question, shapes.render(it.scene, 32).tobytes()): it.question.answer for it in items}
+        self.fixed = fixed
+
+    def understand(self, question, images, max_new_tokens=16):
+        return self.fixed if self.fixed is not None else self.table[(question, images[0].tobytes())]
+
+
+def test_items_are_fixed_and_cover_every_kind():
+    items = vqa_items(3, seed=5)
+    assert [it.question for it in items] == [it.question for it in vqa_items(3, seed=5)]
+    assert [it.question.kind for it in items] == [k for k in questions.KINDS for _ in range(3)]
+    with pytest.raises(ValueError, match="per_kind"):
+        vqa_items(0)
+
+
+def test_right_answers_score_one_and_a_fixed_answer_scores_its_share():
+    items = vqa_items(4, seed=0)
+    right = evaluate_vqa(_Answerer(items), per_kind=4, progress=False)
+    assert right.overall == 1.0 and set(right.accuracy) == set(questions.KINDS)
+    always_two = evaluate_vqa(_Answerer(items, fixed="two"), per_kind=4, progress=False)
+    share = sum(it.question.answer == "two" for it in items if it.question.kind == "count") / 4
+    assert always_two.accuracy["count"] == share and always_two.accuracy["color"] == 0.0
+    assert "| overall | 1.000 | 24 |" in right.to_markdown()
