@@ -32,3 +32,20 @@ def test_edit_and_chat_work_on_a_rendered_scene(actions):
 def test_a_missing_input_is_one_message(actions, call, message):
     with pytest.raises(ValueError, match=message):
         call(actions)
+
+
+def test_edit_and_generate_keep_their_tasks_sampler_defaults(actions, monkeypatch):
+    """The sliders override steps and guidance only: an edit keeps BAGEL's edit renorm and interval."""
+    from lightbagel.inference.guidance import TASK_DEFAULTS
+
+    seen, job = [], actions.pipe.job
+    monkeypatch.setattr(actions.pipe, "job", lambda *a, **kw: seen.append(job(*a, **kw).config) or job(*a, **kw))
+    scene = actions.scene("a red circle left of a blue square")
+    actions.edit(scene, "make the circle green", seed=0, steps=2, cfg_text=3.0, cfg_image=1.5)
+    actions.generate("a red circle", seed=0, steps=2, cfg_text=3.0)
+    edit, t2i = seen
+    assert (edit.renorm, edit.guidance_interval) == (TASK_DEFAULTS["edit"]["renorm"],
+                                                     TASK_DEFAULTS["edit"]["guidance_interval"])
+    assert (t2i.renorm, t2i.guidance_interval) == (TASK_DEFAULTS["t2i"]["renorm"],
+                                                   TASK_DEFAULTS["t2i"]["guidance_interval"])
+    assert (edit.steps, edit.text_guidance, edit.image_guidance) == (2, 3.0, 1.5)

@@ -12,6 +12,7 @@ from typing import Optional
 from PIL import Image
 
 from lightbagel.data.captions import scene_from_caption
+from lightbagel.data.images import to_rgb
 from lightbagel.data.shapes import render
 
 EXAMPLE_SCENE = "a red circle left of a blue square"
@@ -33,21 +34,21 @@ class DemoActions:
         self.pipe = pipe
 
     def generate(self, prompt: str, seed: float, steps: float, cfg_text: float) -> Image.Image:
-        cfg = self.pipe.default_config(steps=int(steps), text_guidance=float(cfg_text))
+        cfg = dict(steps=int(steps), text_guidance=float(cfg_text))  # over the text-to-image defaults
         return _shown(self.pipe(_required(prompt, "prompt"), config=cfg, seed=int(seed), progress=True).images[0])
 
     def edit(self, source: Optional[Image.Image], instruction: str, seed: float, steps: float, cfg_text: float,
              cfg_image: float) -> Image.Image:
         if source is None:
             raise ValueError("upload a source image, or draw one with 'Render scene'")
-        cfg = self.pipe.default_config(steps=int(steps), text_guidance=float(cfg_text),
-                                       image_guidance=float(cfg_image))
-        out = self.pipe(_required(instruction, "instruction"), images=source.convert("RGB"), config=cfg,
+        # Overrides on the edit task's defaults (renorm, guidance interval), not text-to-image's.
+        cfg = dict(steps=int(steps), text_guidance=float(cfg_text), image_guidance=float(cfg_image))
+        out = self.pipe(_required(instruction, "instruction"), images=to_rgb(source), config=cfg,
                         seed=int(seed), progress=True)
         return _shown(out.images[0])
 
     def chat(self, image: Optional[Image.Image], question: str, max_new_tokens: float) -> str:
-        images = [image.convert("RGB")] if image is not None else []
+        images = [to_rgb(image)] if image is not None else []
         if not images:
             raise ValueError("upload an image to ask about, or draw one with 'Render scene'")
         return self.pipe.understand(_required(question, "question"), images, max_new_tokens=int(max_new_tokens))

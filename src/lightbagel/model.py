@@ -151,9 +151,9 @@ class LightBagel(nn.Module):
         if cache.source is not None:
             gen = _target_slot(gen)
         h_gen, rope_gen, cond = self.gen.embed(gen)
-        key = (h_gen.shape[1], h_gen.shape[0])
+        key = h_gen.shape[1]  # one cache view holds one batch of branches; the target length may vary
         if key not in cache.masks:
-            cache.masks[key] = self._generation_masks(cache, gen, h_gen.shape[1])
+            cache.masks[key] = self._generation_masks(cache, gen, key)
         gen_mask, rows = cache.masks[key]
         for i, fusion in enumerate(self.fusion):
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
@@ -174,9 +174,10 @@ class LightBagel(nn.Module):
         replay = lambda m, store, at: PrefixMask(**{**_fields(m), "store": store, "at": at,  # noqa: E731
                                                     "length": n_src, "replay": True})
         return replay(joint.corner(n_und), src.dit, 0).rows(n_src), replay(joint, src.fusion, n_und).rows(n_und + n_src)
+
     def vlm_logits(self, und: UndInputs) -> torch.Tensor:
-        """Next-token logits (B, L, vocab) of the VLM alone: understanding bypasses fusion, at
-        inference (`LightBagelPipeline.understand`) and in the understanding objective alike."""
+        """Next-token logits (B, L, vocab) of the VLM alone, for the understanding objective:
+        understanding bypasses fusion, as HF `generate` on the VLM does in the pipeline."""
         hidden, rope = self.und.embed(und)
         mask = causal_order_mask(und.valid.to(hidden.device), self.attention)
         hidden, _ = self._run_vlm(hidden, mask, rope, 0, self.und.num_layers)

@@ -117,8 +117,10 @@ def _write_images(prog: str, args, jobs) -> int:
 def _open_images(paths: list[str]) -> list:
     from PIL import Image, UnidentifiedImageError
 
+    from lightbagel.data.images import to_rgb
+
     try:
-        return [Image.open(p).convert("RGB") for p in paths]
+        return [to_rgb(Image.open(p)) for p in paths]
     except UnidentifiedImageError as err:
         raise CliError(f"--image: {err}") from None
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 from PIL import Image
 
+from lightbagel.data.images import to_rgb
 from lightbagel.recipe.schema import ResolutionConfig
 
 Size = tuple[int, int]  # (width, height), PIL's order
@@ -39,7 +40,7 @@ class ResolutionPolicy:
     def source_pixels(self, image: Image.Image, vae_size: Optional[Size] = None) -> tuple[Image.Image, Image.Image]:
         """An edit source's ViT copy (its own aspect, ViT limits) and VAE copy (`vae_size`, by
         default the source's own bucket): the one place training and inference size sources."""
-        image = image.convert("RGB")
+        image = to_rgb(image)  # a 16-bit or transparent source shows the pixels it holds (data/images.py)
         return resized(image, self.vit_size(image.size)), resized(image, vae_size or self.vae_size(image.size))
 
     def tokens(self, target: Size, vit: Optional[Size], text: str) -> int:

@@ -25,6 +25,8 @@ from typing import Iterator, Optional
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lightbagel.data.images import to_rgb
+
 
 @dataclass
 class Job:
@@ -97,8 +99,8 @@ def _open_image(value, base: Path) -> Image.Image:
     if isinstance(value, dict):
         value = value.get("bytes")
     if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value)).convert("RGB")
-    return Image.open(base / str(value)).convert("RGB")
+        return to_rgb(Image.open(io.BytesIO(value)))
+    return to_rgb(Image.open(base / str(value)))
 
 
 def _rows(path: Path) -> list[dict]:

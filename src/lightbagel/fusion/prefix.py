@@ -32,7 +32,6 @@ class PrefixMask(OrderMask):
         else:
             cached_k, cached_v = self.store[self._calls % len(self.store)]
             self._calls += 1
-            rows = q.shape[0]  # later steps may run fewer CFG branches: the first rows
-            k = torch.cat([k[:, :, :self.at], cached_k[:rows], k[:, :, self.at:]], 2)
-            v = torch.cat([v[:, :, :self.at], cached_v[:rows], v[:, :, self.at:]], 2)
+            k = torch.cat([k[:, :, :self.at], cached_k, k[:, :, self.at:]], 2)
+            v = torch.cat([v[:, :, :self.at], cached_v, v[:, :, self.at:]], 2)
         return super().attend(q, k, v, scale, enable_gqa)

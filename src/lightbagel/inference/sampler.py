@@ -174,7 +174,7 @@ class _Branches:
 
     def velocities(self, x: torch.Tensor, t: torch.Tensor, guided: bool) -> torch.Tensor:
         """(n_branches or 1, B, C, h, w) velocities for the noisy target."""
-        n = (1 + self.text + self.image) if guided else 1
+        n = self.n_all if guided else 1
         x_all, t_all = x.repeat(n, 1, 1, 1), t.repeat(n)
         if not self.use_cache:
             cond = self.all if guided else self.cond

@@ -42,7 +42,7 @@ class WanAdapter(GenerationAdapter):
 
     def _cached_rope(self, frame_pos: torch.Tensor, hp: int, wp: int):
         """`_rope`, kept for the last layout asked: every sampling step asks for the same one."""
-        if frame_pos.device.type == "meta":
+        if frame_pos.device.type == "meta" or torch.is_grad_enabled():  # training: layouts never repeat
             return self._rope(frame_pos, hp, wp)
         key = (tuple(frame_pos.flatten().tolist()), frame_pos.shape, hp, wp, frame_pos.device)
         memo = getattr(self, "_rope_memo", None)
