@@ -80,3 +80,17 @@ def test_a_mode_without_one_rgb_meaning_is_a_counted_skip(monkeypatch):
     with pytest.raises(BadSample) as info:
         open_image(encoded(Image.new("L", (2, 2))), BIG, "k.target")
     assert info.value.reason == "unsupported_mode"
+
+
+def test_an_inference_source_decodes_like_a_training_one():
+    """`source_pixels` (pipeline, CLIs, demo, benchmark runners) sees a 16-bit source's pixels, not white."""
+    from lightbagel.data.buckets import ResolutionPolicy
+    from lightbagel.recipe.schema import ResolutionConfig
+
+    values = (np.arange(24 * 16, dtype=np.uint16).reshape(16, 24) * 170)
+    policy = ResolutionPolicy(ResolutionConfig(), 8)
+    got = policy.source_pixels(Image.fromarray(values))
+    want = policy.source_pixels(to_rgb(Image.fromarray(values)))
+    for a, b in zip(got, want):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(got[1]).min() < 100  # the dark end stays dark
