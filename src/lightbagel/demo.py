@@ -14,6 +14,7 @@ from PIL import Image
 from lightbagel.data.captions import scene_from_caption
 from lightbagel.data.images import to_rgb
 from lightbagel.data.shapes import render
+from lightbagel.inference.guidance import TASK_DEFAULTS
 
 EXAMPLE_SCENE = "a red circle left of a blue square"
 SHOWN_SIZE = 256  # outputs are upscaled (nearest) so a 32 px tiny-model image is visible
@@ -48,10 +49,10 @@ class DemoActions:
         return _shown(out.images[0])
 
     def chat(self, image: Optional[Image.Image], question: str, max_new_tokens: float) -> str:
-        images = [to_rgb(image)] if image is not None else []
-        if not images:
+        if image is None:
             raise ValueError("upload an image to ask about, or draw one with 'Render scene'")
-        return self.pipe.understand(_required(question, "question"), images, max_new_tokens=int(max_new_tokens))
+        return self.pipe.understand(_required(question, "question"), [to_rgb(image)],
+                                    max_new_tokens=int(max_new_tokens))
 
     @staticmethod
     def scene(caption: str) -> Image.Image:
@@ -84,9 +85,10 @@ def _sampling(gr, image_guidance: bool = False) -> list:
     with gr.Row():
         controls = [gr.Number(value=0, precision=0, label="seed"),
                     gr.Slider(1, 100, value=20, step=1, label="steps"),
-                    gr.Slider(1.0, 10.0, value=4.0, step=0.5, label="text CFG")]
+                    gr.Slider(1.0, 10.0, value=TASK_DEFAULTS["t2i"]["text_guidance"], step=0.5, label="text CFG")]
         if image_guidance:
-            controls.append(gr.Slider(1.0, 5.0, value=1.5, step=0.1, label="image CFG"))
+            image_cfg = TASK_DEFAULTS["edit"]["image_guidance"]
+            controls.append(gr.Slider(1.0, 5.0, value=image_cfg, step=0.1, label="image CFG"))
     return controls
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightbagel.data import shapes
+from lightbagel.data import questions, shapes
 from lightbagel.data.shapes import (
     BACKGROUND,
     COLORS,
@@ -91,7 +91,8 @@ def all_texts(n: int, seed: int) -> list[str]:
         scene = sample_scene(rng)
         instruction, target = sample_edit(rng, scene)
         question, answer = sample_question(rng, scene)
-        texts += [caption(scene), caption(target), instruction, question, answer]
+        asked = questions.ask(rng, scene)  # the questions the shards hold
+        texts += [caption(scene), caption(target), instruction, question, answer, asked.question, asked.answer]
     return texts
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from lightbagel.cli.common import Parser, at_boundary, check_device, positive_int
+from lightbagel.recipe.schema import DTYPE_NAMES
 
 DEFAULT_MODEL = "outputs/tiny/export"
 PROG = "lightbagel-demo"
@@ -16,7 +17,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     epilog="example: lightbagel-demo --model outputs/tiny/export, then open http://127.0.0.1:7860")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"lightbagel-fit export dir (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=positive_int, default=7860)
     return parser.parse_args(argv)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lightbagel.cli.common import Parser, add_trust_flag, at_boundary, check_device, non_negative_int, positive_int
-from lightbagel.cli.generate import sampler_overrides
+from lightbagel.cli.generate import sampler_args, sampler_overrides
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.recipe.schema import DTYPE_NAMES
 
@@ -46,17 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="image side for public benchmarks (default: recipe's)")
     p.add_argument("--fid-feature", help="package.module:factory returning an nn.Module image -> features")
     p.add_argument("--clip-model", type=Path, help="local CLIP dir (CLIPModel + CLIPProcessor) for CLIP score")
-    p.add_argument("--steps", type=positive_int, default=30)
-    p.add_argument("--shift", type=float, default=None, help="default: the training shift")
-    # Unset sampler options take BAGEL's per-task defaults (docs/inference.md).
-    p.add_argument("--cfg-text", type=float, default=None)
-    p.add_argument("--cfg-image", type=float, default=None)
-    p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"))
-    p.add_argument("--renorm", choices=("global", "channel", "text_channel", "none"), default=None)
-    p.add_argument("--renorm-min", type=float, default=None)
+    sampler_args(p, steps=30)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite under --out; 'none' skips)")
     return p.parse_args(argv)
 

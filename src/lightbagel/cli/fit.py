@@ -65,12 +65,11 @@ def main(argv=None) -> int:
 
     from lightbagel.errors import LightBagelError, one_line
     from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
-    from lightbagel.training.runs import RunError
 
     start = time.perf_counter()
     try:
         result = fit(recipe, run_name(recipe, args.overrides))
-    except (RunError, LightBagelError) as err:
+    except LightBagelError as err:  # run control, precision, data, checkpoints
         print(f"lightbagel-fit: {one_line(err)}", file=sys.stderr)
         return 2
     except SIGTERMException:  # Lightning stops the loop at a step boundary; MLflow has the run as KILLED

@@ -42,7 +42,12 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--size", type=positive_int, default=None,
                         help="square side in pixels (default: the recipe's; an edit follows its source's aspect)")
-    parser.add_argument("--steps", type=positive_int, default=50)
+    sampler_args(parser, steps=50)
+
+
+def sampler_args(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The sampler flags `sampler_overrides` reads (lightbagel-generate, -edit, -eval)."""
+    parser.add_argument("--steps", type=positive_int, default=steps)
     parser.add_argument("--shift", type=positive_float, default=None,
                         help="timestep shift (default: the training shift)")
     # Unset sampler options take BAGEL's per-task defaults (docs/inference.md).

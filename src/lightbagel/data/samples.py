@@ -30,7 +30,6 @@ from PIL import Image
 
 from lightbagel.data.images import UnsupportedMode, to_rgb
 
-TASKS = ("t2i", "edit", "und", "in_context")
 TRAINABLE = ("t2i", "edit")  # the default objective: flow matching alone
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 MAX_IMAGES = 16  # numbered images per sample that the parser looks for

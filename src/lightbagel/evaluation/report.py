@@ -23,11 +23,11 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
     """
     import mlflow
 
+    from lightbagel.training import tracking
+
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     if parent is None:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(
-            experiment, artifact_location=_artifacts_beside(tracking_uri))
+        experiment_id = tracking.experiment_id(client, experiment, _artifacts_beside(tracking_uri))
     else:
         experiment_id = parent[0]
     tags = {"mlflow.parentRunId": parent[1]} if parent is not None else None

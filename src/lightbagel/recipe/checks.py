@@ -11,7 +11,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightbagel import registry
 from lightbagel.data.samples import TASKS
-from lightbagel.recipe.messages import Origins, RecipeError, first_line
+from lightbagel.errors import first_line
+from lightbagel.recipe.messages import Origins, RecipeError
 from lightbagel.recipe.schema import CHOICES, RANGES
 
 # Keys that name code: the registry the code dispatches on is their one list of allowed names.
@@ -33,7 +34,7 @@ def resolve(cfg: DictConfig, origins: Origins) -> DictConfig:
         missing = sorted(OmegaConf.missing_keys(resolved))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
-        msg = first_line(getattr(exc, "msg", None) or str(exc))
+        msg = first_line(exc)
         raise RecipeError(f"{origins.of(key)}: {key}: {msg}") from None
     if missing:
         raise RecipeError(f"{origins.of(missing[0])}: {missing[0]}: no value (???); set it in the card")

@@ -11,6 +11,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from lightbagel.errors import first_line
 from lightbagel.recipe.schema import RecipeConfig
 
 CLI = "command line"
@@ -55,7 +56,7 @@ def merge_error(exc: OmegaConfBaseException, source: str, data: dict[str, Any]) 
     got = OmegaConf.select(written, key, default=None, throw_on_resolution_failure=False)
     if expected:
         return RecipeError(f"{source}: {key}: expected {expected}, got {got!r}")
-    return RecipeError(f"{source}: {key}: {first_line(getattr(exc, 'msg', None) or str(exc))}")
+    return RecipeError(f"{source}: {key}: {first_line(exc)}")
 
 
 def _locate(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> str:
@@ -134,7 +135,3 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in data.items():
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
-
-
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text

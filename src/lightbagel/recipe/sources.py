@@ -11,7 +11,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightbagel.recipe.messages import CLI, RecipeError, first_line
+from lightbagel.errors import first_line
+from lightbagel.recipe.messages import CLI, RecipeError
 
 # Dotted names only: catches "KEY VALUE" typos and a stray "=" before OmegaConf guesses a key.
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
@@ -91,5 +92,5 @@ def parse_override(item: str) -> Layer:
     try:
         parsed = OmegaConf.from_dotlist([f"{key.strip()}={value}"])
     except (yaml.YAMLError, OmegaConfBaseException, ValueError) as exc:
-        raise RecipeError(f"{CLI}: bad override {item!r}: {first_line(str(exc))}") from None
+        raise RecipeError(f"{CLI}: bad override {item!r}: {first_line(exc)}") from None
     return Layer(CLI, OmegaConf.to_container(parsed, resolve=False))  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from omegaconf import OmegaConf
 
 from lightbagel.data.buckets import vae_multiple_of
+from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
@@ -60,7 +61,7 @@ def token_counter(model):
     factor = model.gen.vae.spatial_factor
 
     def count(batch) -> int:
-        if not hasattr(batch, "target"):  # an und batch: the VLM's tokens only
+        if isinstance(batch, ChatBatch):  # an und batch: the VLM's tokens only
             return int(batch.und.attention_mask.sum())
         h, w = batch.target.shape[-2:]
         per_image = model.gen.tokens_per_slot(h // factor, w // factor)

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from lightbagel.errors import LightBagelError
+
 RECORD = "run.json"
 LOCK = ".lock"
 # Keys a resume may change: when to stop, what to log and keep, where outputs go.
@@ -29,7 +31,7 @@ _SHOWN_KEYS = 4
 _ABSENT = "(absent)"
 
 
-class RunError(RuntimeError):
+class RunError(LightBagelError, RuntimeError):
     """A run-control refusal in one line: the folder, what is wrong, what to type instead."""
 
 

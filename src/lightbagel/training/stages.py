@@ -12,12 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from safetensors.torch import load_file
-
-from lightbagel.errors import ModelFolderError
+from lightbagel.errors import ModelFolderError, first_line
 from lightbagel.model import LightBagel
 from lightbagel.recipe import Recipe, load_recipe
-from lightbagel.training.export import RECIPE, WEIGHTS, resolved_recipe
+from lightbagel.training.export import RECIPE, WEIGHTS, read_weights, resolved_recipe
 
 PARTS = {"understanding": "und", "generation": "gen", "fusion": "fusion"}  # recipe part -> model attribute
 
@@ -60,7 +58,7 @@ def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional
 
 def load_parts(model: LightBagel, export: Path, parts: list[str]) -> None:
     """Copies the named parts' weights from a stage export; every weight of a part must be there."""
-    weights = load_file(export / WEIGHTS)
+    weights = read_weights(export / WEIGHTS)  # a missing or truncated file is one line
     for part in parts:
         prefix = PARTS[part] + "."
         own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -68,7 +66,7 @@ def load_parts(model: LightBagel, export: Path, parts: list[str]) -> None:
             result = getattr(model, PARTS[part]).load_state_dict(own, strict=False)
         except RuntimeError as err:  # shape mismatches
             raise ModelFolderError(f"pretrain: {export / WEIGHTS} does not fit this recipe's {part}: "
-                             f"{str(err).splitlines()[1].strip()}; use the same card") from None
+                             f"{first_line(err)}; use the same card") from None
         if result.missing_keys or result.unexpected_keys:
             raise ModelFolderError(f"pretrain: {export / WEIGHTS} does not fit this recipe's {part} (missing "
                              f"{result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]}); use the same card")
