@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lightbagel.backbones.understanding.base import EncodedPrompt, Segment, UndProcessor
-from lightbagel.inputs import UndInputs
+from lightbagel.inputs import VIT, UndInputs
 
 IMAGE = "<image>"  # where the next image goes in a user turn (docs/data.md)
 
@@ -30,8 +30,9 @@ class ChatBatch:
         return self.answer_mask.shape[0]
 
 
-def _user_pieces(role: str, content: str, images: list[Image.Image], key: str) -> list[tuple[Segment, bool]]:
-    pieces: list[tuple[Segment, bool]] = [(f"<|im_start|>{role}\n", False)]
+def _user_pieces(role: str, content: str, images: list[Image.Image], key: str, turn: tuple[str, str]
+                 ) -> list[tuple[Segment, bool]]:
+    pieces: list[tuple[Segment, bool]] = [(f"{turn[0]}{role}\n", False)]
     for k, text in enumerate(content.split(IMAGE)):
         if k:
             if not images:
@@ -39,12 +40,14 @@ def _user_pieces(role: str, content: str, images: list[Image.Image], key: str) -
             pieces.append((images.pop(0), False))
         if text:
             pieces.append((text, False))
-    return pieces + [("<|im_end|>\n", False)]
+    return pieces + [(f"{turn[1]}\n", False)]
 
 
-def chat_pieces(conversation: Sequence[dict], images: Sequence[Image.Image], key: str = "sample"
+def chat_pieces(conversation: Sequence[dict], images: Sequence[Image.Image], key: str = "sample",
+                delimiters: tuple[str, str] = (UndProcessor.turn_start, UndProcessor.turn_end)
                 ) -> list[tuple[Segment, bool]]:
-    """The chat as (segment, is_answer) pieces; images without a mark go before the first turn's text."""
+    """The chat as (segment, is_answer) pieces; images without a mark go before the first turn's text.
+    `delimiters`: the processor's turn start and end, the ones its prompts and stop tokens use."""
     queue = list(images)
     marks = sum(str(t["content"]).count(IMAGE) for t in conversation)
     lead = [(queue.pop(0), False) for _ in range(max(0, len(queue) - marks))]
@@ -52,9 +55,10 @@ def chat_pieces(conversation: Sequence[dict], images: Sequence[Image.Image], key
     for turn in conversation:
         role, content = str(turn["role"]), str(turn["content"])
         if role == "assistant":
-            pieces += [("<|im_start|>assistant\n", False), (content, True), ("<|im_end|>", True), ("\n", False)]
+            start, end = delimiters
+            pieces += [(f"{start}assistant\n", False), (content, True), (end, True), ("\n", False)]
         else:
-            pieces += _user_pieces(role, content, queue, key)
+            pieces += _user_pieces(role, content, queue, key, delimiters)
     return pieces[:1] + lead + pieces[1:]
 
 
@@ -62,17 +66,27 @@ def encode_chat(processor: UndProcessor, conversation: Sequence[dict], images: S
                 key: str = "sample") -> tuple[EncodedPrompt, list[bool]]:
     """The prompt and, per token, whether it belongs to an answer.
 
-    The processor tokenises each segment on its own, so a piece's tokens are exactly those of the
-    piece encoded alone: the answer spans need no second tokenisation of the whole chat.
+    The processor tokenises each segment on its own, so a text piece's tokens are exactly those of
+    the piece encoded alone. An image piece is its split's run of one order in the prompt: counted
+    there, not by running the image processor a second time.
     """
-    pieces = chat_pieces(conversation, images, key)
+    pieces = chat_pieces(conversation, images, key, (processor.turn_start, processor.turn_end))
     prompt = processor.encode([seg for seg, _ in pieces])
     mask: list[bool] = []
     for seg, is_answer in pieces:
-        mask += [is_answer] * len(processor.encode([seg]).input_ids)
+        n = len(processor.encode([seg]).input_ids) if isinstance(seg, str) else _split_length(prompt, len(mask))
+        mask += [is_answer] * n
     if len(mask) != len(prompt.input_ids):
         raise ValueError(f"{key}: the processor does not tokenise segments independently; cannot mark answers")
     return prompt, mask
+
+
+def _split_length(prompt: EncodedPrompt, start: int) -> int:
+    """Tokens of the image split starting at `start`: one order for the whole split."""
+    end = start
+    while end < len(prompt.order) and prompt.order[end] == prompt.order[start] and prompt.segment[end] == VIT:
+        end += 1
+    return end - start
 
 
 def collate_chat(processor: UndProcessor, samples: Sequence[dict]) -> ChatBatch:
