@@ -6,17 +6,15 @@ same layout, EMA weights) and, for LoRA runs, `adapter/` (peft format) beside me
 from __future__ import annotations
 
 import copy
-import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from lightbagel.errors import CheckpointError, first_line
 from lightbagel.recipe.schema import RecipeConfig
+from lightbagel.training.checkpointing import safe_load
 from lightbagel.training.export import export_model, parse_recipe, refuse_code_loading
 from lightbagel.training.lora import lora_layers, merge_lora, save_adapters
 
@@ -93,18 +91,6 @@ def read_checkpoint_recipe(ckpt: Path, trust_remote_code: bool = False) -> Recip
     if "recipe_yaml" not in meta:
         raise KeyError(f"{ckpt} holds no recipe (saved before lightbagel stored one); export with the CLI's --recipe")
     return refuse_code_loading(parse_recipe(meta["recipe_yaml"], ckpt), ckpt, trust_remote_code)
-
-
-def safe_load(path: Path, mmap: bool = False) -> dict:
-    """torch.load of tensors and plain containers only; anything else (a pickle that would run
-    code, a truncated file) is a one-line CheckpointError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values, "
-                              f"which could run code on loading ({first_line(exc)})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(exc)})") from None
 
 
 def export_checkpoint(ckpt: Path | str, out_dir: Path | str, trust_remote_code: bool = False) -> Path:

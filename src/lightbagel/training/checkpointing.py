@@ -59,13 +59,25 @@ def unreadable(ckpt: Path) -> Optional[str]:
     """Why `ckpt` cannot be loaded, or None. Cheap: tensors are memory-mapped or only sized, not read."""
     try:
         if ckpt.is_dir():
-            torch.load(ckpt / "meta.pt", map_location="cpu", weights_only=True)
+            safe_load(ckpt / "meta.pt")
             _check_shard_sizes(ckpt)
         else:
-            torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            safe_load(ckpt, mmap=True)
+    except (CheckpointError, OSError, ValueError) as exc:
         return first_line(exc)
     return None
+
+
+def safe_load(path: Path, mmap: bool = False) -> dict:
+    """torch.load of tensors and plain containers only; anything else (a pickle that would run
+    code, a truncated file) is a one-line CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values, "
+                              f"which could run code on loading ({first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(exc)})") from None
 
 
 def _check_shard_sizes(ckpt: Path) -> None:
