@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -84,13 +84,13 @@ def sd3_units(gen) -> BlockUnits:
 class ShardPlan:
     """What `parallelize` applies; built from the trainer section of a recipe."""
 
+    precision: PrecisionPlan
     activation_checkpointing: bool = False
-    precision: Optional[PrecisionPlan] = None  # None: one full-precision policy for every group
     cpu_offload: bool = False
 
 
-def shard_plan(tr: TrainerConfig, precision: Optional[PrecisionPlan] = None) -> ShardPlan:
-    return ShardPlan(tr.activation_checkpointing, precision, getattr(tr, "cpu_offload", False))
+def shard_plan(tr: TrainerConfig, precision: PrecisionPlan) -> ShardPlan:
+    return ShardPlan(precision, tr.activation_checkpointing, tr.cpu_offload)
 
 
 def model_units(model: LightBagel, und_adapter: str, gen_adapter: str) -> list[BlockUnits]:
@@ -135,30 +135,32 @@ class _Sharder:
         precision = plan.precision
         # By identity: `fully_shard` replaces a group's parameters by DTensors, so those seen here
         # are the ones no group holds yet.
-        self.kept = {id(p) for n, p in model.named_parameters() if precision is not None and precision.keeps(n)}
+        self.kept = {id(p) for n, p in model.named_parameters() if precision.keeps(n)}
         self.full = MixedPrecisionPolicy()
-        mixed = precision is not None and precision.mixed
         self.mixed = MixedPrecisionPolicy(param_dtype=precision.precision.compute, reduce_dtype=torch.float32) \
-            if mixed else self.full
+            if precision.mixed else self.full
         self.kwargs = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if plan.cpu_offload else OffloadPolicy()}
 
     def group(self, modules: nn.Module | list[nn.Module], ignored: frozenset = frozenset()) -> None:
         from torch.distributed.fsdp import fully_shard
 
         params = [p for m in (modules if isinstance(modules, list) else [modules]) for p in _unsharded(m)]
-        keeps_fp32 = any(id(p) in self.kept and p not in ignored for p in params)
-        fully_shard(modules, mp_policy=self.full if keeps_fp32 else self.mixed, ignored_params=set(ignored) or None,
-                    **self.kwargs)
+        policy = self.full if self._keeps_fp32(params, ignored) else self.mixed
+        fully_shard(modules, mp_policy=policy, ignored_params=set(ignored) or None, **self.kwargs)
 
     def unit(self, module: nn.Module, ignored: frozenset = frozenset()) -> None:
         """A block or the root. One holding an fp32-kept weight first gets a compute-dtype sub-group
         of its other trainable layers (FSDP2 also wants one dtype among a group's trainable
         weights, which bf16-true masters beside the fp32 list would break)."""
-        if self.mixed is not self.full and any(id(p) in self.kept for p in _unsharded(module)):
+        if self.mixed is not self.full and self._keeps_fp32(_unsharded(module), ignored):
             leaves = [m for m in module.modules() if self._trainable_leaf(m)]
             if leaves:
                 self.group(leaves)
         self.group(module, ignored)
+
+    def _keeps_fp32(self, params: list[nn.Parameter], ignored: frozenset) -> bool:
+        """Whether a group of these parameters holds a weight the plan keeps in fp32 (ignored ones aside)."""
+        return any(id(p) in self.kept and p not in ignored for p in params)
 
     def _trainable_leaf(self, module: nn.Module) -> bool:
         own = list(module.parameters(recurse=False))
