@@ -14,6 +14,7 @@ from PIL import Image
 
 from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.datamodule import MixtureDataModule
+from lightbagel.data.images import to_rgb
 from lightbagel.inference import LightBagelPipeline, SamplerConfig
 from lightbagel.model import build_model
 from lightbagel.recipe.schema import PackingConfig, SourceConfig
@@ -73,3 +74,19 @@ def test_a_set_size_wins_over_the_source_bucket(edit_case):
     pipe, _, source = edit_case
     out = pipe(INSTRUCTION, images=source, height=32, width=32, config=SamplerConfig(steps=1, shift=1.0))
     assert out.images[0].size == (32, 32)
+
+
+def test_a_chat_image_is_decoded_like_a_training_one(edit_case, monkeypatch):
+    pipe, _, _ = edit_case
+    pixels = np.asarray(_noise_image((40, 24), 2))
+    alpha = np.random.default_rng(3).integers(0, 256, (24, 40, 1), dtype=np.uint8)
+    transparent = Image.fromarray(np.concatenate([pixels, alpha], axis=-1), mode="RGBA")
+    seen = []
+    processor = pipe.model.und.processor
+    chat = processor.chat
+    monkeypatch.setattr(processor, "chat", lambda q, images: (seen.append(images), chat(q, images))[1])
+    pipe.answer_tokens("what colour is it?", images=[transparent], max_new_tokens=1)
+    composite = to_rgb(transparent)
+    (vit,) = seen[0]
+    assert vit.mode == "RGB" and vit.size == pipe.policy.vit_size(transparent.size)
+    assert np.array_equal(np.asarray(vit), np.asarray(composite.resize(vit.size, Image.BICUBIC)))

@@ -40,8 +40,13 @@ class ResolutionPolicy:
     def source_pixels(self, image: Image.Image, vae_size: Optional[Size] = None) -> tuple[Image.Image, Image.Image]:
         """An edit source's ViT copy (its own aspect, ViT limits) and VAE copy (`vae_size`, by
         default the source's own bucket): the one place training and inference size sources."""
-        image = to_rgb(image)  # a 16-bit or transparent source shows the pixels it holds (data/images.py)
-        return resized(image, self.vit_size(image.size)), resized(image, vae_size or self.vae_size(image.size))
+        image = to_rgb(image)
+        return self.vit_pixels(image), resized(image, vae_size or self.vae_size(image.size))
+
+    def vit_pixels(self, image: Image.Image) -> Image.Image:
+        """An image's ViT copy alone (a chat image: no VAE copy is made)."""
+        image = to_rgb(image)  # a 16-bit or transparent image shows the pixels it holds (data/images.py)
+        return resized(image, self.vit_size(image.size))
 
     def tokens(self, target: Size, vit: Optional[Size], text: str) -> int:
         """Tokens a sample feeds the fused model: VAE tokens of the target (and of the source,

@@ -172,7 +172,7 @@ class LightBagelPipeline:
         """The answer's token ids (greedy; transformers' `generate` on the VLM), up to the end of
         the turn. With `chat_template` (and a tokenizer that has one) the question is a user turn."""
         proc = self.model.und.processor
-        vits = [self.policy.source_pixels(image)[0] for image in images]
+        vits = [self.policy.vit_pixels(image) for image in images]
         prompt = proc.chat(question, vits) if chat_template else proc.encode([*vits, question])
         und = proc.collate([prompt]).to(self.device)
         stops = proc.stop_token_ids
