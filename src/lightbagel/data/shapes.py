@@ -255,29 +255,6 @@ def sample_edit(rng: random.Random, scene: Scene) -> tuple[str, Scene]:
     return _EDITS[kind](rng, scene)
 
 
-def sample_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
-    """A (question, one-word answer) pair about ``scene``."""
-    objs = scene.objects
-    kinds = ["color", "count", "exists"] + (["shape_at"] if len(objs) == 2 else [])
-    kind = rng.choice(kinds)
-    if kind == "count":
-        return "how many objects are there", NUMBER_WORDS[len(objs)]
-    if kind == "color":
-        i = rng.randrange(len(objs))
-        return f"what color is {refer(scene, i)}", objs[i].color
-    if kind == "exists":
-        if rng.random() < 0.5:
-            shape, color = rng.choice(objs).kind
-        else:
-            shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
-        answer = "yes" if any(o.kind == (shape, color) for o in objs) else "no"
-        return f"is there {_article(color)} {color} {shape}", answer
-    i = rng.randrange(2)
-    side = SIDE_WORDS[relation(objs[i], objs[1 - i])]
-    where = f"on the {side}" if side in ("left", "right") else f"at the {side}"
-    return f"what shape is {where}", objs[i].shape
-
-
 def vocabulary() -> list[str]:
     """Every word a caption, instruction, question or answer can contain."""
     words = set(_TEMPLATE_WORDS) | set(COLORS) | set(SHAPES)
