@@ -12,6 +12,7 @@ from lightbagel import registry
 from lightbagel.backbones.understanding.base import EDIT_LAYOUTS
 from lightbagel.cli import eval as eval_cli
 from lightbagel.cli import generate
+from lightbagel.data.samples import PARSERS
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import BACKENDS
 from lightbagel.inference.guidance import RENORM
@@ -31,6 +32,7 @@ DISPATCH = {
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,
     "optim.schedule": SCHEDULES,
+    "data.sources[].task": PARSERS,
     "trainer.precision": PRECISIONS,
 }
 # Closed sets not held to one table here: the single cross-attention mode and data.source (shapes or
@@ -89,5 +91,5 @@ def test_a_source_task_names_a_sample_parser() -> None:
     source = "data.sources=[{name: mine, urls: [x.tar], task: %s}]"
     assert load_recipe(TINY, [source % "in_context"]).config.data.sources[0].task == "in_context"
     assert error_of([source % "tti"]) == (
-        "command line: data.sources[0].task: unknown task 'tti'; allowed: t2i, edit, und, in_context"
+        "command line: data.sources[0].task: unknown value 'tti'; allowed: t2i, edit, und, in_context"
     )

@@ -10,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightbagel import registry
-from lightbagel.data.samples import TASKS
 from lightbagel.errors import first_line
 from lightbagel.recipe.messages import Origins, RecipeError
 from lightbagel.recipe.schema import CHOICES, RANGES
@@ -47,17 +46,16 @@ def check_values(cfg: DictConfig, origins: Origins) -> None:
             if value is not None and not ok(value):
                 raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
     # Closed sets before registries: registry lookups import the adapter modules.
-    for key in [*CHOICES, *REGISTRY_KEYS]:
-        label, allowed = allowed_values(key)
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            listed = ", ".join(allowed) or "(none registered)"
-            raise RecipeError(f"{origins.of(key)}: {key}: unknown {label} {value!r}; allowed: {listed}")
-    _check_source_tasks(cfg, origins)
+    for pattern in [*CHOICES, *REGISTRY_KEYS]:
+        label, allowed = allowed_values(pattern)
+        for key, value in _range_values(cfg, pattern):
+            if value not in allowed:
+                listed = ", ".join(allowed) or "(none registered)"
+                raise RecipeError(f"{origins.of(key)}: {key}: unknown {label} {value!r}; allowed: {listed}")
 
 
 def _range_values(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) for a RANGES key; "a[].b" stands for key b of every item of list a."""
+    """(dotted key, value) for a RANGES or CHOICES key; "a[].b" stands for key b of every item of list a."""
     head, sep, tail = pattern.partition("[]")
     if not sep:
         yield pattern, OmegaConf.select(cfg, pattern)
@@ -65,14 +63,6 @@ def _range_values(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:
     for i, item in enumerate(OmegaConf.select(cfg, head) or ()):
         key = f"{head}[{i}]{tail}"
         yield key, OmegaConf.select(item, tail.lstrip(".")) if tail else item
-
-
-def _check_source_tasks(cfg: DictConfig, origins: Origins) -> None:
-    """A source's default task names a sample parser (data/samples.py); a typo would skip every sample."""
-    for i, source in enumerate(cfg.data.sources):
-        if source.task not in TASKS:
-            key = f"data.sources[{i}].task"
-            raise RecipeError(f"{origins.of(key)}: {key}: unknown task {source.task!r}; allowed: {', '.join(TASKS)}")
 
 
 def allowed_values(key: str) -> tuple[str, Sequence[str]]:

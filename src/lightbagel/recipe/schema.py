@@ -27,6 +27,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "objective.edit_condition": ("both", "vit", "vae"),
     "optim.schedule": ("constant", "cosine"),
     "data.source": ("shapes", "webdataset"),
+    # A source's default task names a sample parser (data/samples.py); a typo would skip every sample.
+    "data.sources[].task": ("t2i", "edit", "und", "in_context"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
 }
 
