@@ -48,7 +48,7 @@ def test_no_length_squared_tensor_at_16k_packed_tokens():
     n, samples = 1024, 16
     one = torch.cat([torch.arange(256), torch.full((256,), 256), torch.full((512,), TARGET_ORDER)])
     order, sample = one.repeat(samples)[None], torch.arange(samples).repeat_interleave(n)[None]
-    mask = OrderMask.square(order, torch.ones_like(order, dtype=torch.bool), "per_sample", sample)
+    mask = OrderMask.square(order, torch.ones_like(order, dtype=torch.bool), "auto", sample)  # CPU: per sample
     q = torch.randn(1, 1, n * samples, 8)
     with _LargestTensor() as probe:
         mask.attend(q, q, q)
