@@ -136,3 +136,20 @@ def test_killed_packed_run_resumes_onto_the_padded_runs_weights(tmp_path, capsys
     assert ref.keys() == run.keys() and ref
     for key in ref:
         torch.testing.assert_close(run[key], ref[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
+    from lightbagel.training.flops import train_flops
+    from lightbagel.training.module import LightBagelModule
+
+    for layout in LAYOUTS:
+        recipe = tiny_recipe.config
+        module = LightBagelModule(replace(recipe, data=replace(recipe.data, packing=replace(
+            recipe.data.packing, layout=layout))))
+        module.configure_model()
+        batch = _batch(module.model, "ttet")  # one edit among three T2I samples; prompts of unequal length
+        per_slot = module.model.gen.tokens_per_slot(4, 4)
+        mask = batch.und.attention_mask
+        und, gen = (int(mask.sum()), 5 * per_slot) if layout == "packed" else (mask.numel(), 8 * per_slot)
+        assert int(mask.sum()) < mask.numel()
+        assert module._batch_flops(batch, 4 * per_slot) == train_flops(module._weights, und, gen)

@@ -85,8 +85,16 @@ class LightBagelModule(L.LightningModule):
         return loss
 
     def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
-        slots = 1 + int(batch.has_source.any()) if isinstance(batch, TrainBatch) else 0
-        return train_flops(self._weights, int(batch.und.attention_mask.sum()), target_tokens * slots)
+        """The tokens the layout computes (condition dropout left out): a packed row holds the real
+        prompt tokens and image slots; padded rows pad prompts and give every sample a source slot
+        once one sample is an edit. Chat batches are always padded."""
+        if not isinstance(batch, TrainBatch):
+            return train_flops(self._weights, batch.und.attention_mask.numel(), 0)
+        n, per_slot = len(batch), target_tokens // max(1, len(batch))
+        if self.recipe.data.packing.layout == "packed":
+            return train_flops(self._weights, int(batch.und.attention_mask.sum()),
+                               per_slot * (n + int(batch.has_source.sum())))
+        return train_flops(self._weights, batch.und.attention_mask.numel(), per_slot * n * (1 + int(batch.has_source.any())))
 
     def weighted_loss(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> tuple[torch.Tensor, dict]:
         """The recipe-weighted loss of a batch and what to log beside it. The data pipeline never
