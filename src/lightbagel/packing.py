@@ -113,5 +113,17 @@ def padded_velocity(model, und: UndInputs, noisy: torch.Tensor, t: torch.Tensor,
     return out.velocity[:, -model.gen.tokens_per_slot(*noisy.shape[-2:]):]
 
 
+def layout_tokens(batch, per_slot: int, layout: str) -> tuple[int, int]:
+    """(und, gen) token slots a layout computes for a collated batch, condition dropout left out:
+    packed rows hold the real prompt tokens and image slots; padded rows pad prompts to the longest
+    and give every sample a source slot once one is an edit. Chat batches (no images) are padded."""
+    mask = batch.und.attention_mask
+    if getattr(batch, "has_source", None) is None:
+        return mask.numel(), 0
+    if layout == "packed":
+        return int(mask.sum()), per_slot * (len(batch) + int(batch.has_source.sum()))
+    return mask.numel(), per_slot * len(batch) * (1 + int(batch.has_source.any()))
+
+
 # data.packing.layout -> how a training batch runs through the model.
 LAYOUTS = {"packed": packed_velocity, "padded": padded_velocity}

@@ -21,7 +21,7 @@ from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
-from lightbagel.packing import LAYOUTS
+from lightbagel.packing import LAYOUTS, layout_tokens
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
@@ -85,16 +85,8 @@ class LightBagelModule(L.LightningModule):
         return loss
 
     def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
-        """The tokens the layout computes (condition dropout left out): a packed row holds the real
-        prompt tokens and image slots; padded rows pad prompts and give every sample a source slot
-        once one sample is an edit. Chat batches are always padded."""
-        if not isinstance(batch, TrainBatch):
-            return train_flops(self._weights, batch.und.attention_mask.numel(), 0)
-        n, per_slot = len(batch), target_tokens // max(1, len(batch))
-        if self.recipe.data.packing.layout == "packed":
-            return train_flops(self._weights, int(batch.und.attention_mask.sum()),
-                               per_slot * (n + int(batch.has_source.sum())))
-        return train_flops(self._weights, batch.und.attention_mask.numel(), per_slot * n * (1 + int(batch.has_source.any())))
+        per_slot = target_tokens // max(1, len(batch))
+        return train_flops(self._weights, *layout_tokens(batch, per_slot, self.recipe.data.packing.layout))
 
     def weighted_loss(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> tuple[torch.Tensor, dict]:
         """The recipe-weighted loss of a batch and what to log beside it. The data pipeline never
