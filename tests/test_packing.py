@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lightbagel.data.collate import Collator
-from lightbagel.model import build_model
 from lightbagel.packing import LAYOUTS, pack
 from lightbagel.recipe.schema import ObjectiveConfig
 from lightbagel.training.callbacks import validation_samples

@@ -311,7 +311,8 @@ def test_real_card_builds_weightless_on_meta(kind, card):
         assert adapter.vae.latent_channels == adapter.dit.config.in_channels
 
 
-@pytest.mark.parametrize("kind, card", [("understanding", c) for c in UND_CARDS] + [("generation", c) for c in GEN_CARDS])
+@pytest.mark.parametrize("kind, card", [("understanding", c) for c in UND_CARDS] +
+                         [("generation", c) for c in GEN_CARDS])
 @torch.no_grad()
 def test_packed_rows_equal_padded_rows(kind, card):
     """Packing (packing.py) gathers an adapter's rotary tables and embeds slots one per frame: a mixed
