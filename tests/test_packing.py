@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lightbagel.data.collate import Collator
+from lightbagel.model import build_model
 from lightbagel.packing import LAYOUTS, pack
 from lightbagel.recipe.schema import ObjectiveConfig
 from lightbagel.training.callbacks import validation_samples
@@ -59,6 +60,17 @@ def test_packed_velocities_equal_padded_per_sample(fused, tasks, uniform):
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
     # The comparison can fail: samples differ, so mixing them up would show.
     assert not torch.allclose(padded[0], padded[1], atol=1e-3)
+
+
+@torch.no_grad()
+def test_packed_velocities_equal_padded_without_und_writeback(tiny_recipe):
+    """Fusion blocks then attend with the gen rows of the joint mask only (`OrderMask.rows`)."""
+    recipe = replace(tiny_recipe.config, fusion=replace(tiny_recipe.config.fusion, und_writeback=False))
+    model = build_model(recipe).eval()
+    _perturb_fusion(model)
+    batch = _batch(model, "tteeetee")
+    packed, padded = (_velocities(model, batch, DROPS, layout) for layout in LAYOUTS)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

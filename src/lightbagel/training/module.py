@@ -232,8 +232,8 @@ def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig,
     """Condition dropout for classifier-free guidance: hide text, ViT or the source's VAE tokens.
 
     Hidden tokens stay in place but are masked out of every attention, which is exactly how the
-    unconditional branches are built at sampling time. `uniform` (B, 3) gives the draws, else
-    torch's RNG does.
+    unconditional branches are built at sampling time (a packed row then leaves them out: packing.py).
+    `uniform` (B, 3) gives the draws, else torch's RNG does.
     """
     n, device = len(batch), batch.target.device
     if uniform is None:
