@@ -164,3 +164,14 @@ def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
         und, gen = (int(mask.sum()), 5 * per_slot) if layout == "packed" else (mask.numel(), 8 * per_slot)
         assert int(mask.sum()) < mask.numel()
         assert module._batch_flops(batch, 4 * per_slot) == train_flops(module._weights, und, gen)
+
+
+@torch.no_grad()
+def test_packed_rows_under_flex_equal_padded_rows(fused):
+    """The GPU path's rule: a packed row's `mask_mod` (fusion/flex.py; samples do not ascend along the
+    joint row [und of every sample; gen of every sample]) gives the padded dense velocities. Eager
+    flex applies the `mask_mod` everywhere; tests/test_flex.py checks the tile classes."""
+    batch = _batch(fused, "tteeetee")
+    padded = _velocities(fused, batch, DROPS, "padded")
+    fused.attention = "flex"  # eager flex_attention: forward only on CPU
+    torch.testing.assert_close(_velocities(fused, batch, DROPS, "packed"), padded, rtol=1e-5, atol=1e-5)
