@@ -1,6 +1,7 @@
 """Time of one attention call under the generalized causal rule at a packed-sequence length:
-masked SDPA (the dense (1, 1, L, L) bool reference), eager flex_attention, compiled flex_attention
-(block-sparse, no (L, L) tensor) and unmasked SDPA, interleaved in one run so all see the same machine.
+masked SDPA (the dense (1, 1, L, L) bool reference), SDPA per packed sample (fusion/per_sample.py),
+eager flex_attention, compiled flex_attention (block-sparse, no (L, L) tensor) and unmasked SDPA,
+interleaved in one run so all see the same machine.
 
     .venv/bin/python benchmarks/attention_mask.py --length 16384          # CPU, forward only
     python benchmarks/attention_mask.py --device cuda --length 16384 --backward
@@ -66,8 +67,10 @@ def main(argv=None) -> None:
     mask = packed_layout(args.length)
     mask = OrderMask.square(mask.q_order.to(args.device), mask.k_valid.to(args.device),
                             sample=mask.q_sample.to(args.device))
-    masks = {b: OrderMask(**{**vars(mask), "backend": b, "_views": {}}) for b in ("dense", "flex", "flex_compiled")}
+    backends = ("dense", "per_sample", "flex", "flex_compiled")
+    masks = {b: OrderMask(**{**vars(mask), "backend": b, "_views": {}}) for b in backends}
     runs = {"masked SDPA (dense bool)": lambda: masks["dense"].attend(q, k, v),
+            "SDPA per sample": lambda: masks["per_sample"].attend(q, k, v),
             "flex compiled": lambda: masks["flex_compiled"].attend(q, k, v),
             "unmasked SDPA": lambda: F.scaled_dot_product_attention(q, k, v)}
     if args.length <= args.eager_max:

@@ -16,6 +16,7 @@ from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import OrderMask, causal_order_mask
 from lightbagel.fusion.prefix import PrefixMask
 from lightbagel.inputs import GenInputs, UndInputs
+from lightbagel.packing import PackedInputs
 from lightbagel.precision import training_plan
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
@@ -75,12 +76,29 @@ class LightBagel(nn.Module):
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
 
+    def forward_packed(self, packed: PackedInputs) -> FusedOutput:
+        """`forward` over a packed row (packing.py): (1, N, D_und) und states and (1, Lg, p * C) velocity."""
+        h_und, rope_und = packed.gather_und(*self.und.embed(packed.und), self.und)
+        h_gen, rope_gen, cond = self.gen.embed(packed.gen)
+        masks = packed.masks(h_gen.shape[1] // packed.gen.valid.shape[1], self.attention)
+        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, keep_kv=False)[0]
+
     def _run(self, und: UndInputs, gen: GenInputs, keep_kv: bool) -> tuple[FusedOutput, list]:
         h_und, rope_und = self.und.embed(und)
         h_gen, rope_gen, cond = self.gen.embed(gen)
         joint, und_mask, gen_mask = self._masks(und, gen, h_gen.shape[1])
         if keep_kv and gen.valid.shape[1] > 1:  # edits: also record the clean source slots' K/V
             joint, gen_mask = self._recording(joint, gen_mask, und.order.shape[1], h_gen.shape[1] // gen.valid.shape[1])
+        out, kv = self._stack(h_und, h_gen, rope_und, rope_gen, cond, (joint, und_mask, gen_mask), keep_kv)
+        source = None
+        if isinstance(gen_mask, PrefixMask):
+            n_src = gen_mask.length
+            source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
+        return out, (kv, source)
+
+    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, keep_kv: bool) -> tuple[FusedOutput, list]:
+        """Every VLM, DiT and fusion block in lockstep; with `keep_kv` the und K/V of each fusion block."""
+        joint, und_mask, gen_mask = masks
         ran, kv = 0, []
         for i, fusion in enumerate(self.fusion):
             h_und, ran = self._run_vlm(h_und, und_mask, rope_und, ran, self.schedule[i])
@@ -90,11 +108,7 @@ class LightBagel(nn.Module):
             h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen, und_kv=und_kv)
         h_gen = self._dit_tail(h_gen, gen_mask, rope_gen, cond)
         h_und, _ = self._run_vlm(h_und, und_mask, rope_und, ran, self.und.num_layers)
-        source = None
-        if isinstance(gen_mask, PrefixMask):
-            n_src = gen_mask.length
-            source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
-        return FusedOutput(h_und, self.gen.head(h_gen, cond)), (kv, source)
+        return FusedOutput(h_und, self.gen.head(h_gen, cond)), kv
 
     @staticmethod
     def _recording(joint: OrderMask, gen_mask: OrderMask, n_und: int, per_slot: int):

@@ -309,3 +309,19 @@ def test_real_card_builds_weightless_on_meta(kind, card):
     assert all(p.device.type == "meta" for p in adapter.parameters())
     if kind == "generation":
         assert adapter.vae.latent_channels == adapter.dit.config.in_channels
+
+
+@pytest.mark.parametrize("kind, card", [("understanding", c) for c in UND_CARDS] +
+                         [("generation", c) for c in GEN_CARDS])
+@torch.no_grad()
+def test_packed_rows_equal_padded_rows(kind, card):
+    """Packing (packing.py) gathers an adapter's rotary tables and embeds slots one per frame: a mixed
+    batch with condition dropout gives each sample's target the padded layout's velocity."""
+    from tests.test_model import _perturb_fusion
+    from tests.test_packing import DROPS, _batch, _velocities
+
+    model = build_model(recipe_with(f"{kind}={card}").config).eval()
+    _perturb_fusion(model)
+    batch = _batch(model, "tteeetee", size=32)
+    packed, padded = (_velocities(model, batch, DROPS, layout) for layout in ("packed", "padded"))
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)

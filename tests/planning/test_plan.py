@@ -101,3 +101,25 @@ def test_plan_cli_rejects_bad_input(capsys):
     assert "--seq-len" in err and len(err.strip().splitlines()) == 1
     assert plan_main([str(RECIPES / "no_such_recipe.yaml")]) == 2
     assert "recipe not found" in capsys.readouterr().err
+
+
+def test_plan_counts_real_and_padded_tokens_of_the_data_pipeline(tmp_path):
+    """`--data-sample`: the recipe's own batches, counted as each layout computes them."""
+    import itertools
+
+    from lightbagel.data.datamodule import MixtureDataModule
+    from lightbagel.planning import format_plan
+    from lightbagel.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES / "tiny.yaml", [f"data.root={tmp_path}", "data.num_samples=64"]).config
+    plan = make_plan(recipe, gpus=1, nodes=1, seq_len=512, progress=False, data_sample=3)
+    dm = MixtureDataModule(recipe.data, build_skeleton(recipe).und.processor, vae_multiple=4)
+    dm.setup("fit")
+    batches = list(itertools.islice(iter(dm.train_dataloader()), 3))
+    per_slot = 8 * 8  # 32 px images, 4 px per DiT token
+    real = sum(int(b.und.attention_mask.sum()) + per_slot * (len(b) + int(b.has_source.sum())) for b in batches)
+    padded = sum(b.und.attention_mask.numel() + per_slot * len(b) * (1 + int(b.has_source.any())) for b in batches)
+    sample = plan.packing
+    assert (sample.batches, sample.samples, sample.real, sample.padded) == (3, sum(map(len, batches)), real, padded)
+    assert sample.padded_fraction < 0.9 and 0.5 < sample.budget_fill <= 1.0
+    assert f"padded rows {sample.padded_fraction:.1%}" in format_plan(plan)

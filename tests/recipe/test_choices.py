@@ -17,6 +17,7 @@ from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import BACKENDS
 from lightbagel.inference.guidance import RENORM
 from lightbagel.inputs import EDIT_HIDES
+from lightbagel.packing import LAYOUTS
 from lightbagel.precision import PRECISIONS
 from lightbagel.recipe import CHOICES, RecipeError, load_recipe
 from lightbagel.recipe.checks import REGISTRY_KEYS
@@ -28,6 +29,7 @@ TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 # schema.CHOICES key -> the table the code dispatches on for that key.
 DISPATCH = {
     "fusion.attention": BACKENDS,
+    "data.packing.layout": LAYOUTS,
     "fusion.edit_layout": EDIT_LAYOUTS,
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,

@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=positive_int, default=128, help="text tokens per sample (default 128)")
     parser.add_argument("--edit-fraction", type=float, default=None,
                         help="share of edit samples (default: data.task_weights)")
+    parser.add_argument("--data-sample", type=positive_int, default=None, metavar="BATCHES",
+                        help="also count this many batches of the recipe's data pipeline: real-token fraction, "
+                             "padded vs packed, and how full the token budget is (reads data.root / data.sources)")
     return parser.parse_args(argv)
 
 
@@ -39,7 +42,8 @@ def main(argv=None) -> int:
 
     try:
         plan = make_plan(cfg, args.gpus or devices, args.nodes or cfg.trainer.num_nodes, args.seq_len,
-                         args.text_tokens, args.edit_fraction, progress=sys.stderr.isatty())
+                         args.text_tokens, args.edit_fraction, progress=sys.stderr.isatty(),
+                         data_sample=args.data_sample or 0)
     except ValueError as err:
         print(f"lightbagel-plan: {err}", file=sys.stderr)
         return 2

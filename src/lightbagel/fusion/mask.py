@@ -7,8 +7,9 @@ bidirectional image splits that see every earlier split, and — because the noi
 has the largest order — no token outside it ever sees the noise.
 
 `OrderMask` holds the rule as orders, never as an (L, L) tensor: the "flex" backends turn it into
-a block-sparse `flex_attention` mask (fusion/flex.py); "dense" builds the boolean reference mask
-for SDPA, once per mask, which the tests compare against.
+a block-sparse `flex_attention` mask (fusion/flex.py); "per_sample" runs SDPA one packed sample at
+a time (fusion/per_sample.py); "dense" builds the boolean reference mask for SDPA, once per mask,
+which the tests compare against.
 """
 
 from __future__ import annotations
@@ -69,30 +70,51 @@ class OrderMask:
 
     def attend(self, q, k, v, scale=None, enable_gqa: bool = False) -> torch.Tensor:
         """(B, H, L, D) attention under this mask, built once and reused by every layer."""
-        backend = BACKENDS[self.backend](q.device)
+        backend = BACKENDS[self.backend](q.device, self.q_sample is not None)
         if self._built is None:
-            self._built = self.dense() if backend == "dense" else _block_mask(self)
+            self._built = BUILDERS[backend](self)
         if backend == "dense":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self._built, scale=scale, enable_gqa=enable_gqa)
+        if backend == "per_sample":
+            from lightbagel.fusion.per_sample import attend_per_sample
+
+            return attend_per_sample(q, k, v, self._built, scale, enable_gqa)
         from lightbagel.fusion.flex import flex_attend
 
         return flex_attend(q, k, v, self._built, backend == "flex_compiled", scale, enable_gqa)
 
 
-# fusion.attention -> the backend that runs on a device. "auto": torch has no flex backward on CPU,
-# and its eager form builds dense scores anyway, so compiled flex on CUDA and dense elsewhere.
+# fusion.attention -> the backend that runs on a device, for a mask with packed samples or without.
+# "auto": torch has no flex backward on CPU, and its eager form builds dense scores anyway, so
+# compiled flex on CUDA; elsewhere SDPA per sample for packed rows and dense for padded ones.
 BACKENDS = {
-    "auto": lambda device: "flex_compiled" if device.type == "cuda" else "dense",
-    "dense": lambda device: "dense",
-    "flex": lambda device: "flex",
-    "flex_compiled": lambda device: "flex_compiled",
+    "auto": lambda device, packed: "flex_compiled" if device.type == "cuda" else _sdpa(packed),
+    "dense": lambda device, packed: "dense",
+    "per_sample": lambda device, packed: _sdpa(packed),
+    "flex": lambda device, packed: "flex",
+    "flex_compiled": lambda device, packed: "flex_compiled",
 }
+
+
+def _sdpa(packed: bool) -> str:
+    """A padded row is one sample: per-sample attention would be the dense mask with extra steps."""
+    return "per_sample" if packed else "dense"
 
 
 def _block_mask(mask: OrderMask):
     from lightbagel.fusion.flex import order_block_mask
 
     return order_block_mask(mask)
+
+
+def _sample_groups(mask: OrderMask):
+    from lightbagel.fusion.per_sample import sample_groups
+
+    return sample_groups(mask)
+
+
+# The kernel input each backend builds once per mask.
+BUILDERS = {"dense": OrderMask.dense, "per_sample": _sample_groups, "flex": _block_mask, "flex_compiled": _block_mask}
 
 
 def _tail(x: Optional[torch.Tensor], start: int) -> Optional[torch.Tensor]:

@@ -11,6 +11,7 @@ from lightbagel.model import LightBagel, build_skeleton
 from lightbagel.planning.activations import ActivationBytes, measure_sample
 from lightbagel.planning.flops import PartFlops, sequence_flops
 from lightbagel.planning.memory import MemoryPlan, plan_memory
+from lightbagel.planning.packing import PackingSample, sample_packing
 from lightbagel.planning.parts import Part, model_parts
 from lightbagel.planning.workload import Workload, make_workload
 from lightbagel.precision import apply_precision, inference_plan, training_plan
@@ -27,10 +28,12 @@ class Plan:
     memory: MemoryPlan
     nodes: int
     gpus: int
+    packing: Optional[PackingSample] = None  # a measured sample of the data pipeline, when asked for
 
 
 def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_tokens: int = 128,
-              edit_fraction: Optional[float] = None, progress: bool = True) -> Plan:
+              edit_fraction: Optional[float] = None, progress: bool = True, data_sample: int = 0) -> Plan:
+    """`data_sample` > 0 also counts that many batches of the recipe's data pipeline (planning/packing.py)."""
     if min(gpus, nodes, seq_len, text_tokens) < 1:
         raise ValueError("--gpus, --nodes, --seq-len and --text-tokens must be >= 1")
     if edit_fraction is None:
@@ -55,4 +58,5 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
     steps.update()
     steps.close()
     memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
-    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus)
+    packing = sample_packing(recipe, model, data_sample) if data_sample > 0 else None
+    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing)

@@ -57,7 +57,21 @@ def memory_table(plan: Plan) -> list[str]:
     return _table([title, "no act. ckpt", "act. ckpt"], rows)
 
 
+def packing_lines(plan: Plan) -> list[str]:
+    """The measured data sample: how full batches are and what padding would add."""
+    p = plan.packing
+    if p is None:
+        return []
+    fill = "" if p.budget_fill is None else f" = {p.budget_fill:.1%} of data.packing.token_budget {p.budget:,}"
+    return [
+        f"data sample: {p.batches} batches, {p.samples} samples; {p.real / p.batches:,.0f} real tokens per batch{fill}",
+        f"  real tokens / computed token slots: packed rows 100%, padded rows {p.padded_fraction:.1%} "
+        f"(the trainer builds {p.layout} rows; the FLOPs below are per packed sequence, real tokens only)",
+        "",
+    ]
+
+
 def format_plan(plan: Plan) -> str:
     lines = [f"plan for {plan.name}", "", *parameters_table(plan), "", *workload_lines(plan), "",
-             *flops_table(plan), "", *memory_table(plan)]
+             *packing_lines(plan), *flops_table(plan), "", *memory_table(plan)]
     return "\n".join(lines)

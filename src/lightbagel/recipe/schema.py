@@ -23,12 +23,13 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "generation.cross_attention": ("skip",),
     "fusion.positional": ("per_stream", "none"),
     "fusion.edit_layout": ("vae_first", "vit_first"),
-    "fusion.attention": ("auto", "dense", "flex", "flex_compiled"),
+    "fusion.attention": ("auto", "dense", "per_sample", "flex", "flex_compiled"),
     "objective.edit_condition": ("both", "vit", "vae"),
     "optim.schedule": ("constant", "cosine"),
     "data.source": ("shapes", "webdataset"),
     # A source's default task names a sample parser (data/samples.py); a typo would skip every sample.
     "data.sources[].task": ("t2i", "edit", "und", "in_context"),
+    "data.packing.layout": ("packed", "padded"),
     "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed"),
 }
 
@@ -158,6 +159,9 @@ class PackingConfig:
     token_budget: Optional[int] = None
     # A sample waiting longer than this many draws for its bucket to fill is sent in a short batch.
     max_wait: int = 256
+    # How a batch runs through the model (docs/data.md): "packed" puts every sample's real tokens in
+    # one row, no padding and no empty source slots; "padded" pads to the longest (the reference).
+    layout: str = "packed"
 
 
 @dataclass

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 
 from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
-from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs, gen_inputs
+from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
+from lightbagel.packing import LAYOUTS, layout_tokens
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
@@ -84,8 +85,8 @@ class LightBagelModule(L.LightningModule):
         return loss
 
     def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
-        slots = 1 + int(batch.has_source.any()) if isinstance(batch, TrainBatch) else 0
-        return train_flops(self._weights, int(batch.und.attention_mask.sum()), target_tokens * slots)
+        per_slot = target_tokens // max(1, len(batch))
+        return train_flops(self._weights, *layout_tokens(batch, per_slot, self.recipe.data.packing.layout))
 
     def weighted_loss(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> tuple[torch.Tensor, dict]:
         """The recipe-weighted loss of a batch and what to log beside it. The data pipeline never
@@ -123,21 +124,20 @@ class LightBagelModule(L.LightningModule):
             x0 = gen.vae.encode(batch.target)
         draws = draw(seeds, tuple(x0.shape[1:]), x0.device, x0.dtype) if seeds is not None else None
         und, source_valid = drop_conditions(batch, obj, None if draws is None else draws.uniform)
-        with torch.no_grad():
-            source = gen.vae.encode(batch.source) if bool(source_valid.any()) else None
+        with torch.no_grad():  # only the sources a sample shows: absent and dropped ones are never seen
+            sources = gen.vae.encode(batch.source[source_valid]) if bool(source_valid.any()) else None
         if draws is None:
             t = fm.sample_time(len(batch), obj.timestep_shift, obj.logit_mean, obj.logit_std, device=x0.device)
             noise = torch.randn_like(x0)
         else:
             normal = draws.normal * obj.logit_std + obj.logit_mean
             t, noise = fm.shift_time(torch.sigmoid(normal), obj.timestep_shift), draws.noise
-        inputs = gen_inputs(fm.interpolate(x0, noise, t), t, source, source_valid, batch.source_order)
-        out = self.model(und, inputs)
-        n_target = gen.tokens_per_slot(*x0.shape[-2:])
+        run = LAYOUTS[self.recipe.data.packing.layout]  # packed rows or padded ones (packing.py)
+        velocity = run(self.model, und, fm.interpolate(x0, noise, t), t, sources, source_valid, batch.source_order)
         target = gen.patchify(fm.velocity(x0, noise).unsqueeze(2))
         # Mean over every noisy target token of the batch: each token weighs the same.
-        loss = (out.velocity[:, -n_target:].float() - target.float()).pow(2).mean()
-        return loss, n_target * len(batch)
+        loss = (velocity.float() - target.float()).pow(2).mean()
+        return loss, target.shape[0] * target.shape[1]
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Trainable weights the loss never reaches (e.g. the und-side output of the last fusion
@@ -232,8 +232,8 @@ def drop_conditions(batch: TrainBatch, obj: ObjectiveConfig,
     """Condition dropout for classifier-free guidance: hide text, ViT or the source's VAE tokens.
 
     Hidden tokens stay in place but are masked out of every attention, which is exactly how the
-    unconditional branches are built at sampling time. `uniform` (B, 3) gives the draws, else
-    torch's RNG does.
+    unconditional branches are built at sampling time (a packed row then leaves them out: packing.py).
+    `uniform` (B, 3) gives the draws, else torch's RNG does.
     """
     n, device = len(batch), batch.target.device
     if uniform is None:

@@ -123,6 +123,7 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
     # its root, so a sharded VAE would break the model's root; it stays whole on every rank
     # (frozen and fp32: no gradient to reduce, no compute copy).
     shard.unit(model, ignored=frozenset(model.gen.vae.parameters()))
+    register_fsdp_forward_method(model, "forward_packed")  # the packed layout's entry (packing.py)
     return model
 
 

@@ -140,3 +140,11 @@ class UnderstandingAdapter(nn.Module):
     def rotate(self, x: torch.Tensor, rope) -> torch.Tensor:
         """Applies this model's rotary embedding to (B, L, H, head_dim) queries or keys."""
         raise NotImplementedError
+
+    def gather_rope(self, rope, rows: torch.Tensor, cols: torch.Tensor):
+        """The rotary embedding of tokens (rows[i], cols[i]) as one packed row (src/lightbagel/packing.py).
+
+        Here `embed`'s rope is a tuple of (B, L, ...) tables (Qwen's cos and sin, M-RoPE sections
+        already merged); an adapter with another structure overrides this.
+        """
+        return tuple(r[rows, cols].unsqueeze(0) for r in rope)

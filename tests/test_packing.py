@@ -1,0 +1,177 @@
+"""Packed rows (src/lightbagel/packing.py) compute what padded rows do, sample by sample."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lightbagel.data.collate import Collator
+from lightbagel.model import build_model
+from lightbagel.packing import LAYOUTS, pack
+from lightbagel.recipe.schema import ObjectiveConfig
+from lightbagel.training.callbacks import validation_samples
+from lightbagel.training.module import drop_conditions
+from tests.test_model import _perturb_fusion
+
+# Every condition dropped with probability 1/2: `uniform` draws below 0.5 drop.
+HALF = ObjectiveConfig(text_dropout=0.5, vit_dropout=0.5, vae_dropout=0.5)
+KEEP_ALL = torch.ones(8, 3)
+# Per sample (text, ViT, VAE): T2I kept, T2I text dropped, edit ViT dropped, edit VAE dropped,
+# edit all dropped, T2I kept, edit text dropped, edit kept.
+DROPS = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 0], [1, 1, 1], [0, 1, 1], [1, 1, 1.]])
+
+
+def _batch(model, tasks: str, size: int = 16):
+    """Shapes-world samples, `tasks` one letter per sample: t (T2I) or e (edit)."""
+    pool = validation_samples(2 * len(tasks), size, seed=7)
+    t2i, edit = pool[0::2], pool[1::2]
+    samples = [t2i.pop() if task == "t" else edit.pop() for task in tasks]
+    return Collator(model.und.processor, size)(samples)
+
+
+def _velocities(model, batch, uniform: torch.Tensor, layout: str, seed: int = 0) -> torch.Tensor:
+    """(B, per_slot, P) target-token velocities of one layout."""
+    und, source_valid = drop_conditions(batch, HALF, uniform[:len(batch)])
+    vae = model.gen.vae
+    x0 = vae.encode(batch.target)
+    sources = vae.encode(batch.source[source_valid]) if bool(source_valid.any()) else None
+    g = torch.Generator().manual_seed(seed)
+    noise, t = torch.randn(x0.shape, generator=g), torch.rand(len(batch), generator=g)
+    noisy = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+    return LAYOUTS[layout](model, und, noisy, t, sources, source_valid, batch.source_order)
+
+
+@pytest.fixture
+def fused(tiny_model):
+    _perturb_fusion(tiny_model)  # trained fusion blocks: the streams really mix
+    return tiny_model
+
+
+@pytest.mark.parametrize("tasks, uniform", [("tttt", KEEP_ALL), ("eeee", KEEP_ALL), ("tetete", KEEP_ALL),
+                                            ("tteeetee", DROPS), ("tt", 1 - KEEP_ALL)],
+                         ids=["t2i", "edit", "mixed", "dropout", "every_und_token_dropped"])
+@torch.no_grad()
+def test_packed_velocities_equal_padded_per_sample(fused, tasks, uniform):
+    batch = _batch(fused, tasks)
+    packed = _velocities(fused, batch, uniform, "packed")
+    padded = _velocities(fused, batch, uniform, "padded")
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+    # The comparison can fail: samples differ, so mixing them up would show.
+    assert not torch.allclose(padded[0], padded[1], atol=1e-3)
+
+
+@torch.no_grad()
+def test_packed_velocities_equal_padded_without_und_writeback(tiny_recipe):
+    """Fusion blocks then attend with the gen rows of the joint mask only (`OrderMask.rows`)."""
+    recipe = replace(tiny_recipe.config, fusion=replace(tiny_recipe.config.fusion, und_writeback=False))
+    model = build_model(recipe).eval()
+    _perturb_fusion(model)
+    batch = _batch(model, "tteeetee")
+    packed, padded = (_velocities(model, batch, DROPS, layout) for layout in LAYOUTS)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_packed_row_holds_only_real_tokens(fused):
+    batch = _batch(fused, "tteeetee")
+    und, source_valid = drop_conditions(batch, HALF, DROPS)
+    latents = torch.zeros(len(batch), 48, 4, 4)
+    packed = pack(und, latents, torch.rand(len(batch)), latents[source_valid], source_valid, batch.source_order)
+    assert len(packed.und_rows) == int(und.valid.sum()) < int(und.attention_mask.sum())
+    # One slot per target and one per visible source: 8 targets; edits 2, 6 and 7 show theirs.
+    assert packed.slot_sample.tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 6, 7, 7]
+    assert packed.gen.latents.shape[2] == 11 and packed.targets.tolist() == [0, 1, 3, 4, 5, 6, 8, 10]
+
+
+def test_packed_loss_and_gradients_equal_padded(tiny_recipe):
+    from lightbagel.training.module import LightBagelModule
+
+    grads, losses = {}, {}
+    for layout in LAYOUTS:
+        recipe = replace(tiny_recipe.config, data=replace(tiny_recipe.config.data, packing=replace(
+            tiny_recipe.config.data.packing, layout=layout)))
+        module = LightBagelModule(recipe)
+        _perturb_fusion(module.model)
+        batch = _batch(module.model, "tetteett")
+        loss, n_tokens = module.flow_matching_loss(batch, seeds=list(range(len(batch))))
+        loss.backward()
+        losses[layout] = (loss.detach(), n_tokens)
+        grads[layout] = {n: p.grad for n, p in module.model.named_parameters() if p.grad is not None}
+    assert losses["packed"][1] == losses["padded"][1]
+    torch.testing.assert_close(losses["packed"][0], losses["padded"][0], rtol=1e-5, atol=1e-6)
+    assert grads["packed"].keys() == grads["padded"].keys() and len(grads["packed"]) > 10
+    for name, grad in grads["packed"].items():
+        torch.testing.assert_close(grad, grads["padded"][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_vae_encodes_only_real_images(tiny_recipe):
+    from lightbagel.training.module import LightBagelModule
+
+    module = LightBagelModule(tiny_recipe.config)
+    batch = _batch(module.model, "tetete")
+    batch_sizes, vae = [], module.model.gen.vae
+    encode = vae.encode
+    vae.encode = lambda images: (batch_sizes.append(images.shape[0]), encode(images))[1]
+    module.flow_matching_loss(batch, seeds=list(range(len(batch))))
+    # The 6 targets, then the 3 edits' sources; no empty source slot for a T2I sample.
+    assert batch_sizes == [6, 3]
+
+
+def test_killed_packed_run_resumes_onto_the_padded_runs_weights(tmp_path, capsys):
+    """`lightbagel-fit` end to end with `data.packing.layout=packed`, SIGKILLed after its step-4
+    checkpoint and resumed: it trains on the exact next samples, so its final weights equal an
+    uninterrupted padded run's (up to float rounding: 5e-7 measured)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from lightbagel.cli.fit import main as fit_main
+    from tests.training.test_faults import KILLED, fit_args
+
+    data = tmp_path / "data"
+    assert fit_main(fit_args(tmp_path / "ref", data) + ["data.packing.layout=padded"]) == 0
+    packed = fit_args(tmp_path / "run", data) + ["data.packing.layout=packed"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(KILLED), "4", *packed], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    capsys.readouterr()
+    assert fit_main(packed) == 0
+    out = capsys.readouterr().out
+    assert "step 5/6" in out and "step 1/6" not in out  # it did resume, after step 4
+    ref, run = (load_file(tmp_path / name / "export" / "model.safetensors") for name in ("ref", "run"))
+    assert ref.keys() == run.keys() and ref
+    for key in ref:
+        torch.testing.assert_close(run[key], ref[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
+    from lightbagel.training.flops import train_flops
+    from lightbagel.training.module import LightBagelModule
+
+    for layout in LAYOUTS:
+        recipe = tiny_recipe.config
+        module = LightBagelModule(replace(recipe, data=replace(recipe.data, packing=replace(
+            recipe.data.packing, layout=layout))))
+        module.configure_model()
+        batch = _batch(module.model, "ttet")  # one edit among three T2I samples; prompts of unequal length
+        per_slot = module.model.gen.tokens_per_slot(4, 4)
+        mask = batch.und.attention_mask
+        und, gen = (int(mask.sum()), 5 * per_slot) if layout == "packed" else (mask.numel(), 8 * per_slot)
+        assert int(mask.sum()) < mask.numel()
+        assert module._batch_flops(batch, 4 * per_slot) == train_flops(module._weights, und, gen)
+
+
+@torch.no_grad()
+def test_packed_rows_under_flex_equal_padded_rows(fused):
+    """The GPU path's rule: a packed row's `mask_mod` (fusion/flex.py; samples do not ascend along the
+    joint row [und of every sample; gen of every sample]) gives the padded dense velocities. Eager
+    flex applies the `mask_mod` everywhere; tests/test_flex.py checks the tile classes."""
+    batch = _batch(fused, "tteeetee")
+    padded = _velocities(fused, batch, DROPS, "padded")
+    fused.attention = "flex"  # eager flex_attention: forward only on CPU
+    torch.testing.assert_close(_velocities(fused, batch, DROPS, "packed"), padded, rtol=1e-5, atol=1e-5)
