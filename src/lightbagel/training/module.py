@@ -143,9 +143,11 @@ class LightBagelModule(L.LightningModule):
         # Trainable weights the loss never reaches (e.g. the und-side output of the last fusion
         # blocks) get zero gradients: AdamW then holds state for every weight, which a sharded
         # checkpoint needs to resume on another number of ranks. A zero gradient moves nothing.
-        for p in self.model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
+        # The optimizer's list is every trainable weight, without walking the module tree each step.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
