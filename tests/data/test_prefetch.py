@@ -66,6 +66,15 @@ def test_the_producer_stops_when_the_iterator_is_dropped():
     assert _stops(thread)
 
 
+def test_nothing_starts_before_the_first_batch_is_asked_for():
+    """Lightning calls `iter` once to check the loader: that iterator must not draw batches."""
+    drawn = []
+    loader = Prefetcher(map(drawn.append, itertools.count()))
+    iter(loader)
+    time.sleep(0.2)
+    assert drawn == []
+
+
 def test_depth_below_one_is_refused():
     with pytest.raises(ValueError, match="prefetch depth must be >= 1, got 0"):
         Prefetcher(range(3), depth=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 _BATCH, _END, _ERROR = range(3)
 _POLL_S = 0.1  # how often a blocked producer checks whether the consumer went away
@@ -29,22 +29,31 @@ class Prefetcher:
         self.loader, self.depth = loader, depth
 
     def __iter__(self) -> "PrefetchIterator":
-        return PrefetchIterator(iter(self.loader), self.depth)
+        return PrefetchIterator(self.loader, self.depth)
 
 
 class PrefetchIterator:
-    def __init__(self, source: Iterator, depth: int):
-        # `source` was made on the calling thread: DataLoader workers fork from it, not from ours.
+    """Starts at the first `next`: Lightning calls `iter` once only to check that it can, and two
+    threads must never draw from one (persistent) DataLoader iterator."""
+
+    def __init__(self, loader: Iterable, depth: int):
+        self.loader = loader
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=_produce, args=(source, self._queue, self._stop),
-                                       name="data-prefetch", daemon=True)
-        self.thread.start()
+        self.thread: Optional[threading.Thread] = None
 
     def __iter__(self) -> "PrefetchIterator":
         return self
 
+    def _start(self) -> None:
+        source = iter(self.loader)  # on the calling thread: DataLoader workers fork from it, not from ours
+        self.thread = threading.Thread(target=_produce, args=(source, self._queue, self._stop),
+                                       name="data-prefetch", daemon=True)
+        self.thread.start()
+
     def __next__(self) -> Any:
+        if self.thread is None:
+            self._start()
         kind, item = self._queue.get()
         if kind == _ERROR:
             self.close()
