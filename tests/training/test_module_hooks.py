@@ -1,9 +1,13 @@
-"""Every trainable weight gets a gradient before the optimizer steps, reached by the loss or not."""
+"""LightningModule hooks: gradients for every trainable weight before the optimizer steps, reached by
+the loss or not; the recipe in every checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from lightbagel.training.export import parse_recipe
 from lightbagel.training.module import LightBagelModule
 
 
@@ -21,3 +25,12 @@ def test_weights_the_loss_never_reaches_get_zero_gradients_and_adamw_state(tiny_
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in unreached)
     optimizer.step()
     assert all(set(optimizer.state[p]) >= {"exp_avg", "exp_avg_sq"} for p in trainable)
+
+
+def test_every_checkpoint_carries_the_recipe_being_trained(tiny_recipe):
+    module = LightBagelModule(tiny_recipe.config)
+    saves = [{}, {}]
+    for checkpoint in saves:
+        module.on_save_checkpoint(checkpoint)
+    assert parse_recipe(saves[0]["recipe_yaml"], Path("ckpt")) == tiny_recipe.config
+    assert saves[1]["recipe_yaml"] == saves[0]["recipe_yaml"]
