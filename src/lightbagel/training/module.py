@@ -75,24 +75,25 @@ class LightBagelModule(L.LightningModule):
             self.log("train/nonfinite_steps", float(self.nonfinite_total), batch_size=len(batch))
             return None
         self.nonfinite_streak = 0
-        if self._logs_this_step():
-            # MLflow's run page orders chart sections by name: "loss" comes before "mixture" (data) and
-            # "train" (throughput), so the loss chart is the first a reader sees.
+        writes, shows = self._logging_now()
+        # MLflow's run page orders chart sections by name: "loss" comes before "mixture" (data) and
+        # "train" (throughput), so the loss chart is the first a reader sees.
+        if writes or shows:
             self.log("loss/train", loss, prog_bar=True, batch_size=len(batch))
-            for name, value in logged.items():  # loss/flow or loss/und, and the tokens it was taken over
-                self.log(name, value, batch_size=len(batch))
+        for name, value in logged.items() if writes else ():  # loss/flow or loss/und, and its tokens
+            self.log(name, value, batch_size=len(batch))
         if self._configured:
             self.flops_per_batch = self._batch_flops(batch, int(logged.get("train/target_tokens", 0)))
         return loss
 
-    def _logs_this_step(self) -> bool:
-        """Whether Lightning keeps this step's values: it writes a step's values only every
-        `trainer.log_every_n_steps` (the test Lightning's own monitors use), while a progress bar
-        shows every step's loss. Each `self.log` costs ~0.7 ms, so the other steps skip them."""
+    def _logging_now(self) -> tuple[bool, bool]:
+        """(Whether Lightning writes this step's values, whether a progress bar shows its loss.)
+        Lightning writes a step's values only every `trainer.log_every_n_steps` (the test its own
+        monitors use); each `self.log` costs ~0.7 ms, so the other steps skip the calls."""
         trainer = self._trainer
-        if trainer is None or trainer.progress_bar_callback is not None:
-            return True
-        return trainer._logger_connector.should_update_logs
+        if trainer is None:
+            return True, False
+        return trainer._logger_connector.should_update_logs, trainer.progress_bar_callback is not None
 
     def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
         slots = 1 + int(batch.has_source.any()) if isinstance(batch, TrainBatch) else 0
