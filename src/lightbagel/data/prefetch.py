@@ -1,10 +1,10 @@
 """Batches prepared ahead by a thread of the training process, off the training thread's path.
 
 A DataLoader with `num_workers: 0` prepares each batch on the training thread, between steps
-(~7-10 ms of a ~250 ms tiny CPU step); with workers, the training thread still unpickles each
+(~8-13 ms of a ~250 ms tiny CPU step); with workers, the training thread still unpickles each
 batch from shared memory (one file descriptor per tensor: ~4 ms a batch, more on a busy CPU).
 `Prefetcher` moves either onto a background thread that keeps `depth` batches ready; the training
-thread only takes them from a queue. Measured by benchmarks/fit_overhead.py (docs/data.md, "Loading").
+thread only takes them from a queue. Measured in docs/data.md ("Loading off the training thread").
 
 The order of batches is the loader's; nothing is recorded as consumed until the training loop takes
 a batch (MixtureDataModule.on_before_batch_transfer), so resume stays exact.
