@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import time
 
+import lightning as L
 import pytest
+import torch
 from lightning.pytorch.loggers import MLFlowLogger
+from torch.utils.data import DataLoader
 
+from lightbagel.training.checkpointing import AtomicCheckpoint
 from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 
 
 def _logger(tmp_path) -> BackgroundMLFlowLogger:
     return BackgroundMLFlowLogger(experiment_name="t", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def slow_writes(monkeypatch) -> list:
+    """MLflow writes that take 20 ms each; the steps written, in order."""
+    written = []
+
+    def slow_write(self, metrics, step=None):
+        time.sleep(0.02)
+        written.append(step)
+
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", slow_write)
+    return written
 
 
 def test_every_value_is_in_the_store_after_finalize(tmp_path):
@@ -24,20 +41,13 @@ def test_every_value_is_in_the_store_after_finalize(tmp_path):
     assert len(logger.experiment.get_metric_history(logger.run_id, "lr")) == 30
 
 
-def test_finalize_waits_for_slow_writes(tmp_path, monkeypatch):
-    written = []
-
-    def slow_write(self, metrics, step=None):
-        time.sleep(0.02)
-        written.append(step)
-
-    monkeypatch.setattr(MLFlowLogger, "log_metrics", slow_write)
+def test_finalize_waits_for_slow_writes(tmp_path, slow_writes):
     logger = _logger(tmp_path)
     for step in range(10):
         logger.log_metrics({"loss": 0.5}, step=step)
-    assert len(written) < 10  # the training thread did not wait for the writes...
+    assert len(slow_writes) < 10  # the training thread did not wait for the writes...
     logger.finalize("success")
-    assert written == list(range(10))  # ...and the run's end did, in order
+    assert slow_writes == list(range(10))  # ...and the run's end did, in order
 
 
 def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
@@ -49,3 +59,61 @@ def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
     logger.log_metrics({"loss": 0.5}, step=0)
     with pytest.raises(RuntimeError, match="writing metrics to MLflow failed: disk full"):
         logger.flush()
+
+
+def test_save_does_not_wait_for_the_writes(tmp_path, slow_writes):
+    """Lightning calls `save` after every `log_metrics`: waiting there would put every write back
+    on the training thread."""
+    logger = _logger(tmp_path)
+    for step in range(10):
+        logger.log_metrics({"loss": 0.5}, step=step)
+        logger.save()
+    assert len(slow_writes) < 10
+    logger.finalize("success")
+    assert slow_writes == list(range(10))
+
+
+class _CountedLogger(BackgroundMLFlowLogger):
+    queued = 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.queued += 1
+        super().log_metrics(metrics, step)
+
+
+class _StoreAtCheckpoint(L.Callback):
+    """After AtomicCheckpoint: how many values were queued and how many written when it saved."""
+
+    def __init__(self, written: list, every: int):
+        self.written, self.every, self.seen = written, every, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self.seen.append((trainer.logger.queued, len(self.written)))
+
+
+class _Line(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        loss = (self.w - batch).pow(2).mean()
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_checkpoint_waits_until_every_metric_before_it_is_written(tmp_path, slow_writes):
+    """A run resumed from a checkpoint does not log the steps before it again: they are in the
+    store by the time the checkpoint exists, even though writes happen off the training thread."""
+    logger = _CountedLogger(experiment_name="t", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    probe = _StoreAtCheckpoint(slow_writes, every=4)
+    trainer = L.Trainer(accelerator="cpu", max_steps=12, log_every_n_steps=1, logger=logger, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[AtomicCheckpoint(tmp_path / "ckpt", every_n_steps=4), probe])
+    trainer.fit(_Line(), train_dataloaders=DataLoader(torch.ones(12, 1), batch_size=1))
+    assert [queued for queued, _ in probe.seen] == [3, 7, 11]  # values logged before each checkpoint
+    assert all(written == queued for queued, written in probe.seen), probe.seen

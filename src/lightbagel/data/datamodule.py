@@ -22,6 +22,7 @@ from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import Collator, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
+from lightbagel.data.prefetch import Prefetcher
 from lightbagel.data.samples import TRAINABLE
 from lightbagel.data.shards import SkipCounter, write_shapes_shards
 from lightbagel.data.streams import expand_urls
@@ -109,11 +110,12 @@ class MixtureDataModule(L.LightningDataModule):
             consumed=self.consumed, roles=dict(self.roles),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> Prefetcher:
         workers = self.cfg.num_workers
-        return DataLoader(MixtureDataset(self.plan()), batch_size=None, num_workers=workers,
-                          collate_fn=_first, persistent_workers=workers > 0,
-                          prefetch_factor=2 if workers > 0 else None)
+        loader = DataLoader(MixtureDataset(self.plan()), batch_size=None, num_workers=workers,
+                            collate_fn=_first, persistent_workers=workers > 0,
+                            prefetch_factor=2 if workers > 0 else None)
+        return Prefetcher(loader)  # batches made (or received from workers) off the training thread
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, (TrainBatch, ChatBatch)) and batch.data_state is not None:

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 
 from lightbagel.errors import CheckpointError, first_line
+from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class AtomicCheckpoint(L.Callback):
             self.dirpath.mkdir(parents=True, exist_ok=True)
             for stale in self.dirpath.glob(f"{_TMP_PREFIX}*"):  # left by a run killed mid-save
                 _remove(stale)
+        flush_metrics(trainer)
         trainer.strategy.barrier("lightbagel.checkpoint.prepare")
         try:
             trainer.save_checkpoint(tmp, weights_only=False)  # every rank writes its shard; ends with a barrier
@@ -147,6 +149,14 @@ class AtomicCheckpoint(L.Callback):
         self._saved_step = step
         log.info("checkpoint: %s", final)
         return final
+
+
+def flush_metrics(trainer: L.Trainer) -> None:
+    """Waits for metrics still queued for MLflow: a run resumed from this checkpoint does not log
+    the steps before it again, so they must be in the store before it exists."""
+    for logger in trainer.loggers:
+        if isinstance(logger, BackgroundMLFlowLogger):
+            logger.flush()
 
 
 class ResumableLoader:

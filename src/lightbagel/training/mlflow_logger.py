@@ -2,8 +2,10 @@
 
 `BackgroundMLFlowLogger` is Lightning's `MLFlowLogger` whose `log_metrics` only queues the
 values; one worker thread writes them in order through the parent's `log_metrics`. `flush`
-(called by `save` and `finalize`) waits until every queued value is written, so nothing logged
-is lost, and a write error is raised on the training thread at the next call.
+waits until every queued value is written; `finalize` and every checkpoint (checkpointing.py)
+call it, so nothing logged is lost, even by a run killed and resumed from its last checkpoint.
+A write error is raised on the training thread at the next call. `save` does not wait: Lightning
+calls it after every `log_metrics`, which would make each logging step wait for the writes.
 """
 
 from __future__ import annotations
@@ -54,11 +56,6 @@ class BackgroundMLFlowLogger(MLFlowLogger):
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"writing metrics to MLflow failed: {error}") from error
-
-    @rank_zero_only
-    def save(self) -> None:
-        self.flush()
-        super().save()
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
