@@ -32,6 +32,9 @@ from lightbagel.recipe.schema import TrainerConfig
 from lightbagel.registry import Registry
 
 ROUTED = "lightbagel_block"  # name of the per-block method of routed blocks
+# The fused model's methods the trainer calls besides `forward`: FSDP2 gathers the root's weights
+# around each (packed rows: packing.py; the understanding objective: training/module.py).
+ENTRY_POINTS = ("forward_packed", "vlm_logits")
 
 
 @dataclass
@@ -123,7 +126,8 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
     # its root, so a sharded VAE would break the model's root; it stays whole on every rank
     # (frozen and fp32: no gradient to reduce, no compute copy).
     shard.unit(model, ignored=frozenset(model.gen.vae.parameters()))
-    register_fsdp_forward_method(model, "forward_packed")  # the packed layout's entry (packing.py)
+    for name in ENTRY_POINTS:
+        register_fsdp_forward_method(model, name)
     return model
 
 
