@@ -91,12 +91,16 @@ def flex_attend(q, k, v, block_mask: BlockMask, compiled: bool, scale=None, enab
     """(B, H, L, D) attention under `block_mask`. Eager flex runs torch's reference maths, which
     builds dense scores (fine for tests); `compiled` runs the fused kernel that never does."""
     if compiled:
-        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+        return _compiled_flex(q.is_cuda)(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
     with warnings.catch_warnings():  # torch warns that eager flex is unfused: chosen knowingly
         warnings.filterwarnings("ignore", "flex_attention called without torch.compile")
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
 
 
-@lru_cache(maxsize=1)
-def _compiled_flex():
-    return torch.compile(flex_attention, dynamic=False)
+@lru_cache(maxsize=2)
+def _compiled_flex(dynamic: bool):
+    """Packed rows change length every batch: a static kernel would recompile per batch until torch's
+    recompile limit, then fall back to eager flex and its dense scores. So CUDA compiles one
+    shape-generic kernel. CPU stays static: its inductor fails to build the dynamic flex template
+    (torch 2.13, measured), and CPU runs compiled flex forward-only, for benchmarks."""
+    return torch.compile(flex_attention, dynamic=dynamic)
