@@ -33,6 +33,15 @@ def test_list_shows_every_recipe_and_card_with_its_description(monkeypatch, caps
             assert re.search(rf"^    {card.stem} +{re.escape(first)}", out, re.M), card
 
 
+def test_list_shows_yml_recipes_too(tmp_path):
+    from lightbagel.cli.listing import listing
+
+    (tmp_path / "mine.yml").write_text("# My own recipe. Short.\nbase: tiny.yaml\n")
+    (tmp_path / "notes.txt").write_text("not a recipe")
+    out = listing(tmp_path)
+    assert "  mine.yml  My own recipe" in out and "notes.txt" not in out
+
+
 def test_cards_ship_with_the_package_and_a_project_card_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # far from the repository: no components/ beside the recipe
     monkeypatch.delenv("LIGHTBAGEL_COMPONENTS", raising=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lightbagel.recipe.compose import component_search_path
 from lightbagel.recipe.schema import KINDS
+from lightbagel.recipe.sources import RECIPE_SUFFIXES
 
 _WIDTH = 96
 
@@ -23,7 +24,7 @@ def describe(path: Path) -> str:
 
 
 def recipe_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.yaml")) if directory.is_dir() else []
+    return sorted(p for p in directory.rglob("*") if p.suffix in RECIPE_SUFFIXES) if directory.is_dir() else []
 
 
 def cards(kind: str, search_path: list[Path]) -> dict[str, Path]:

@@ -25,11 +25,14 @@ class Layer:
     kind: str | None = None  # the kind this layer overrides; None for plain keys
 
 
+RECIPE_SUFFIXES = (".yaml", ".yml")  # what a recipe file may end with (a card is NAME.yaml)
+
+
 def available_recipes(directory: str | Path) -> list[str]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted({p.stem for p in directory.iterdir() if p.suffix in (".yaml", ".yml")})
+    return sorted({p.stem for p in directory.iterdir() if p.suffix in RECIPE_SUFFIXES})
 
 
 def show(path: Path) -> str:
