@@ -18,7 +18,6 @@ from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
-from lightbagel.precision import precision_of
 from lightbagel.recipe import Recipe
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
@@ -115,12 +114,12 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     callbacks = [history, *_callbacks(cfg, module, data, out, logger is not None)]
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
-        precision=precision_of(tr).lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
+        precision=module.precision.precision.lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
         gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
         enable_progress_bar=tr.enable_progress_bar and interactive(), logger=logger if logger is not None else False,
         callbacks=callbacks, default_root_dir=out, enable_model_summary=False, enable_checkpointing=False,
     )
-    run_id, uri = getattr(logger, "run_id", None), getattr(logger, "_tracking_uri", None)
+    run_id, uri = getattr(logger, "run_id", None), getattr(logger, "tracking_uri", None)
     if trainer.is_global_zero:
         print(banner(recipe, out, last, module, run_id, uri), flush=True)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)

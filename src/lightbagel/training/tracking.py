@@ -85,6 +85,11 @@ class RunLogger(BackgroundMLFlowLogger):
     """The run's MLflow logger: metrics written off the training thread (training/mlflow_logger.py), and an
     end status that says how a run stopped: Ctrl-C or SIGTERM is KILLED, not FAILED."""
 
+    @property
+    def tracking_uri(self) -> str:
+        """The store the run writes to (Lightning keeps it private)."""
+        return self._tracking_uri
+
     def finalize(self, status: str = "success") -> None:
         if status == "failed" and isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
             status = "KILLED"
