@@ -19,6 +19,7 @@ from lightbagel.inputs import GenInputs, UndInputs
 from lightbagel.precision import training_plan
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
+from lightbagel.training.flow_matching import PREDICTIONS
 
 
 @dataclass
@@ -71,6 +72,7 @@ class LightBagel(nn.Module):
         self.und, self.gen, self.fusion = und, gen, fusion
         self.schedule = schedule  # VLM blocks run before fusion block i
         self.attention = "auto"  # `fusion.attention`: how `OrderMask`s are applied (fusion/mask.py)
+        self.prediction = "velocity"  # `objective.prediction`: what the DiT head outputs
 
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
@@ -94,7 +96,7 @@ class LightBagel(nn.Module):
         if isinstance(gen_mask, PrefixMask):
             n_src = gen_mask.length
             source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
-        return FusedOutput(h_und, self.gen.head(h_gen, cond)), (kv, source)
+        return FusedOutput(h_und, self._velocity(self.gen.head(h_gen, cond), gen)), (kv, source)
 
     @staticmethod
     def _recording(joint: OrderMask, gen_mask: OrderMask, n_und: int, per_slot: int):
@@ -158,7 +160,13 @@ class LightBagel(nn.Module):
         for i, fusion in enumerate(self.fusion):
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
-        return self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond)
+        return self._velocity(self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond), gen)
+
+    def _velocity(self, out: torch.Tensor, gen: GenInputs) -> torch.Tensor:
+        """The head's output (B, Lg, p * C) read as a velocity, per `objective.prediction`."""
+        per_slot = out.shape[1] // gen.timesteps.shape[1]
+        t = gen.timesteps.repeat_interleave(per_slot, dim=1)[..., None]
+        return PREDICTIONS[self.prediction](out, self.gen.patchify(gen.latents).type_as(out), t.to(out.dtype))
 
     def _generation_masks(self, cache: UndCache, gen: GenInputs, gen_len: int) -> tuple[OrderMask, OrderMask]:
         """The DiT mask and the fusion blocks' gen rows for `forward_generation`."""
@@ -231,6 +239,7 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     # Which encoders of an edit source the model was trained to see; the sampler hides the other.
     model.edit_condition = recipe.objective.edit_condition
     model.attention = recipe.fusion.attention
+    model.prediction = recipe.objective.prediction
     und.processor.edit_layout = recipe.fusion.edit_layout
     return model
 
