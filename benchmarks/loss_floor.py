@@ -125,7 +125,6 @@ def attention_entropy(found: list):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
     pipe = LightBagelPipeline.from_pretrained(args.export)
     gen, size = pipe.model.gen, pipe.recipe.data.image_size
     rng = random.Random(args.seed)
@@ -133,7 +132,7 @@ def main(argv=None) -> None:
     samples = [{"text": shapes.caption(s), "source": None, "target": shapes.render(s, size)} for s in scenes]
     batch = Collator(pipe.model.und.processor, pipe.recipe.data.vit_image_size)(samples)
     x0 = gen.vae.encode(batch.target)
-    noise = torch.randn_like(x0)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed))  # the same for every model
     target = gen.patchify(fm.velocity(x0, noise).unsqueeze(2))
     flat0, flatn = x0.flatten(1), noise.flatten(1)
     pools = [latents(gen.vae, [same_caption(rng, s) for _ in range(args.candidates)], size) for s in scenes]
