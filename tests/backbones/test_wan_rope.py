@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lightbagel.model import build_model
@@ -25,3 +26,8 @@ def test_rope_theta_sets_the_rotary_frequencies(tiny_recipe):
     k = torch.arange(8, dtype=torch.float64)
     torch.testing.assert_close(wan.double(), 10000.0 ** (-k / 8), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(small.double(), 100.0 ** (-k / 8), rtol=1e-4, atol=1e-4)
+
+
+def test_rope_theta_is_refused_where_there_is_no_rotary(tiny_recipe):
+    with pytest.raises(ValueError, match="generation.rope_theta 100.0: SD3 has no rotary"):
+        build_model(load_recipe(tiny_recipe.path, ["generation=tiny_sd3_pixel", "generation.rope_theta=100"]).config)
