@@ -175,3 +175,14 @@ def test_packed_rows_under_flex_equal_padded_rows(fused):
     padded = _velocities(fused, batch, DROPS, "padded")
     fused.attention = "flex"  # eager flex_attention: forward only on CPU
     torch.testing.assert_close(_velocities(fused, batch, DROPS, "packed"), padded, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_packed_x0_prediction_reads_each_slot_like_padded(fused):
+    """`objective.prediction: sample` turns the head's x0 into a velocity with each slot's own t."""
+    fused.prediction = "sample"
+    batch = _batch(fused, "tetete")
+    packed = _velocities(fused, batch, KEEP_ALL, "packed")
+    torch.testing.assert_close(packed, _velocities(fused, batch, KEEP_ALL, "padded"), rtol=1e-5, atol=1e-5)
+    fused.prediction = "velocity"
+    assert not torch.allclose(packed, _velocities(fused, batch, KEEP_ALL, "packed"), atol=1e-3)

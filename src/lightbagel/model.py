@@ -20,6 +20,7 @@ from lightbagel.packing import PackedInputs
 from lightbagel.precision import training_plan
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
+from lightbagel.training.flow_matching import PREDICTIONS
 
 
 @dataclass
@@ -72,6 +73,7 @@ class LightBagel(nn.Module):
         self.und, self.gen, self.fusion = und, gen, fusion
         self.schedule = schedule  # VLM blocks run before fusion block i
         self.attention = "auto"  # `fusion.attention`: how `OrderMask`s are applied (fusion/mask.py)
+        self.prediction = "velocity"  # `objective.prediction`: what the DiT head outputs
 
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
@@ -81,7 +83,7 @@ class LightBagel(nn.Module):
         h_und, rope_und = packed.gather_und(*self.und.embed(packed.und), self.und)
         h_gen, rope_gen, cond = self.gen.embed(packed.gen)
         masks = packed.masks(h_gen.shape[1] // packed.gen.valid.shape[1], self.attention)
-        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, keep_kv=False)[0]
+        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, packed.gen, keep_kv=False)[0]
 
     def _run(self, und: UndInputs, gen: GenInputs, keep_kv: bool) -> tuple[FusedOutput, list]:
         h_und, rope_und = self.und.embed(und)
@@ -89,14 +91,15 @@ class LightBagel(nn.Module):
         joint, und_mask, gen_mask = self._masks(und, gen, h_gen.shape[1])
         if keep_kv and gen.valid.shape[1] > 1:  # edits: also record the clean source slots' K/V
             joint, gen_mask = self._recording(joint, gen_mask, und.order.shape[1], h_gen.shape[1] // gen.valid.shape[1])
-        out, kv = self._stack(h_und, h_gen, rope_und, rope_gen, cond, (joint, und_mask, gen_mask), keep_kv)
+        out, kv = self._stack(h_und, h_gen, rope_und, rope_gen, cond, (joint, und_mask, gen_mask), gen, keep_kv)
         source = None
         if isinstance(gen_mask, PrefixMask):
             n_src = gen_mask.length
             source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
         return out, (kv, source)
 
-    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, keep_kv: bool) -> tuple[FusedOutput, list]:
+    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, gen: GenInputs,
+               keep_kv: bool) -> tuple[FusedOutput, list]:
         """Every VLM, DiT and fusion block in lockstep; with `keep_kv` the und K/V of each fusion block."""
         joint, und_mask, gen_mask = masks
         ran, kv = 0, []
@@ -108,7 +111,7 @@ class LightBagel(nn.Module):
             h_und, h_gen = fusion(h_und, h_gen, joint, rope_und, rope_gen, und_kv=und_kv)
         h_gen = self._dit_tail(h_gen, gen_mask, rope_gen, cond)
         h_und, _ = self._run_vlm(h_und, und_mask, rope_und, ran, self.und.num_layers)
-        return FusedOutput(h_und, self.gen.head(h_gen, cond)), kv
+        return FusedOutput(h_und, self._velocity(self.gen.head(h_gen, cond), gen)), kv
 
     @staticmethod
     def _recording(joint: OrderMask, gen_mask: OrderMask, n_und: int, per_slot: int):
@@ -172,7 +175,13 @@ class LightBagel(nn.Module):
         for i, fusion in enumerate(self.fusion):
             h_gen = self.gen.block(i, h_gen, gen_mask, rope_gen, cond)
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
-        return self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond)
+        return self._velocity(self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond), gen)
+
+    def _velocity(self, out: torch.Tensor, gen: GenInputs) -> torch.Tensor:
+        """The head's output (B, Lg, p * C) read as a velocity, per `objective.prediction`."""
+        per_slot = out.shape[1] // gen.timesteps.shape[1]
+        t = gen.timesteps.repeat_interleave(per_slot, dim=1)[..., None]
+        return PREDICTIONS[self.prediction](out, self.gen.patchify(gen.latents).type_as(out), t.to(out.dtype))
 
     def _generation_masks(self, cache: UndCache, gen: GenInputs, gen_len: int) -> tuple[OrderMask, OrderMask]:
         """The DiT mask and the fusion blocks' gen rows for `forward_generation`."""
@@ -245,6 +254,7 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     # Which encoders of an edit source the model was trained to see; the sampler hides the other.
     model.edit_condition = recipe.objective.edit_condition
     model.attention = recipe.fusion.attention
+    model.prediction = recipe.objective.prediction
     und.processor.edit_layout = recipe.fusion.edit_layout
     return model
 

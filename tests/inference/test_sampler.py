@@ -34,18 +34,19 @@ def _conditioning(model, batch) -> Conditioning:
     return Conditioning(batch.und, sources, batch.has_source[:, None], batch.source_order[:, None])
 
 
-def _model(tiny_recipe, **fusion):
+def _model(tiny_recipe, prediction="velocity", **fusion):
     from lightbagel.model import build_model
 
-    cfg = replace(tiny_recipe.config, fusion=replace(tiny_recipe.config.fusion, **fusion))
+    cfg = replace(tiny_recipe.config, fusion=replace(tiny_recipe.config.fusion, **fusion),
+                  objective=replace(tiny_recipe.config.objective, prediction=prediction))
     model = build_model(cfg).eval()
     _perturb_fusion(model)
     return model
 
 
-@pytest.mark.parametrize("writeback", [True, False])
-def test_forward_generation_matches_forward(tiny_recipe, make_batch, writeback):
-    model = _model(tiny_recipe, und_writeback=writeback)
+@pytest.mark.parametrize("writeback,prediction", [(True, "velocity"), (False, "velocity"), (True, "sample")])
+def test_forward_generation_matches_forward(tiny_recipe, make_batch, writeback, prediction):
+    model = _model(tiny_recipe, prediction, und_writeback=writeback)
     batch = make_batch(model)  # mixed: text-to-image and edits with a clean source slot
     cond = _conditioning(model, batch)
     noisy = torch.randn(len(batch), 48, 8, 8, generator=torch.Generator().manual_seed(1))

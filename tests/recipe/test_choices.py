@@ -21,6 +21,7 @@ from lightbagel.packing import LAYOUTS
 from lightbagel.precision import PRECISIONS
 from lightbagel.recipe import CHOICES, RecipeError, load_recipe
 from lightbagel.recipe.checks import REGISTRY_KEYS
+from lightbagel.training.flow_matching import PREDICTIONS
 from lightbagel.training.module import SCHEDULES
 from lightbagel.training.strategy import make_strategy
 
@@ -33,6 +34,7 @@ DISPATCH = {
     "fusion.edit_layout": EDIT_LAYOUTS,
     "fusion.positional": PER_STREAM_ROTARY,
     "objective.edit_condition": EDIT_HIDES,
+    "objective.prediction": PREDICTIONS,
     "optim.schedule": SCHEDULES,
     "data.sources[].task": PARSERS,
     "trainer.precision": PRECISIONS,

@@ -25,6 +25,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "fusion.edit_layout": ("vae_first", "vit_first"),
     "fusion.attention": ("auto", "dense", "per_sample", "flex", "flex_compiled"),
     "objective.edit_condition": ("both", "vit", "vae"),
+    "objective.prediction": ("velocity", "sample"),
     "optim.schedule": ("constant", "cosine"),
     "data.source": ("shapes", "webdataset"),
     # A source's default task names a sample parser (data/samples.py); a typo would skip every sample.
@@ -87,6 +88,9 @@ class GenerationConfig:
     # "skip" drops the sub-layer; text reaches the DiT through fusion only.
     cross_attention: str = "skip"
     num_train_timesteps: int = 1000
+    # Wan's rotary base (None: the model's own, 10000). Only for a DiT trained from scratch on a
+    # small token grid: at 10000 most rotary frequencies barely turn across 8 tokens (docs/tiny.md).
+    rope_theta: Optional[float] = None
 
 
 @dataclass
@@ -275,6 +279,10 @@ class ObjectiveConfig:
     # (ViT and clean VAE tokens), "vit" (ViT only) or "vae" (VAE only). Training and sampling
     # hide the other one exactly as condition dropout does.
     edit_condition: str = "both"
+    # What the DiT's head outputs: "velocity" (v = eps - x0, Wan and BAGEL) or "sample" (x0, read
+    # as the velocity (x_t - x0) / t it implies, JiT arXiv:2511.13720); the loss is on the velocity
+    # either way. The tiny default predicts x0 (docs/tiny.md has the measurement).
+    prediction: str = "velocity"
     # Loss weights. Flow matching trains generation on t2i/edit samples; the understanding loss
     # (next-token cross-entropy on the answer tokens of `und` samples, VLM alone) trains the VLM,
     # so it needs `understanding.freeze: false`. 0 turns an objective off and its samples are

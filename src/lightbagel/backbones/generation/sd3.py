@@ -124,6 +124,8 @@ def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
 @GENERATION.register("sd3")
 def build_sd3(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> SD3Adapter:
     """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
+    if cfg.rope_theta is not None:
+        raise ValueError(f"generation.rope_theta {cfg.rope_theta}: SD3 has no rotary embedding; remove the key")
     dit = load_diffusers_model(SD3Transformer2DModel, cfg, dtype)
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)

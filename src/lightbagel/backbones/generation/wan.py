@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
@@ -112,6 +113,9 @@ class WanAdapter(GenerationAdapter):
 def build_wan(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> WanAdapter:
     """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
     dit = load_diffusers_model(WanTransformer3DModel, cfg, dtype)
+    if cfg.rope_theta is not None:  # the table is a non-persistent buffer: rebuilt, never loaded
+        c = dit.config
+        dit.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len, theta=cfg.rope_theta)
     vae = VAE.get(cfg.vae.adapter)(cfg.vae)
     vae.requires_grad_(not cfg.vae.freeze)
     adapter = WanAdapter(dit, vae, cfg.num_train_timesteps)
