@@ -179,6 +179,8 @@ class LightBagel(nn.Module):
 
     def _velocity(self, out: torch.Tensor, gen: GenInputs) -> torch.Tensor:
         """The head's output (B, Lg, p * C) read as a velocity, per `objective.prediction`."""
+        if self.prediction == "velocity":  # as is: no patchified copy of the latents per forward
+            return out
         per_slot = out.shape[1] // gen.timesteps.shape[1]
         t = gen.timesteps.repeat_interleave(per_slot, dim=1)[..., None]
         return PREDICTIONS[self.prediction](out, self.gen.patchify(gen.latents).type_as(out), t.to(out.dtype))
