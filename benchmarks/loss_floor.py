@@ -12,8 +12,9 @@ bound at low t (the true posterior collapses onto x0, no candidate is that close
 lower bound (it wins too easily): both are printed, as "lower-upper". The unconditional floor
 draws candidates from every caption. Then, per t, the share of one-step x0 predictions x_t - t v that pass the exact
 check of `shapes.score`; the share that passes after integrating the ODE (Euler, conditional
-velocity) from the truth noised to t; and the entropy of the DiT self-attention over the target
-tokens (log 64 = uniform on an 8 x 8 grid): how locally the DiT can look.
+velocity) from the truth noised to t; the entropy of the DiT self-attention over the target
+tokens (log 64 = uniform on an 8 x 8 grid): how locally the DiT can look; and how much a token's
+8 neighbours react when its input moves (benchmarks/tiny_reference.py measures the same on a conv UNet).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
+from tiny_reference import neighbour_influence  # benchmarks/: the same measure for the conv reference
 
 from lightbagel.backbones.generation import wan
 from lightbagel.data import shapes
@@ -79,15 +81,25 @@ def bounds(x0: torch.Tensor, noise: torch.Tensor, t: float, pools: list[torch.Te
     return f"{lower:.4f}-{upper:.4f}"
 
 
+def prompts(pipe: LightBagelPipeline, batch, drop_text: bool):
+    """The batch's und inputs with every condition shown, or with the text hidden as CFG's null branch hides it."""
+    uniform = torch.ones(len(batch), 3)
+    if drop_text:
+        uniform[:, 0] = 0.0  # below any text_dropout
+    return drop_conditions(batch, replace(pipe.recipe.objective, text_dropout=0.5), uniform)[0]
+
+
 @torch.no_grad()
 def velocities(pipe: LightBagelPipeline, batch, x0, noise, t: float, drop_text: bool) -> torch.Tensor:
-    model, n = pipe.model, len(x0)
-    uniform = torch.ones(n, 3)
-    if drop_text:
-        uniform[:, 0] = 0.0  # below any text_dropout: the text is hidden as CFG's null branch hides it
-    und, _ = drop_conditions(batch, replace(pipe.recipe.objective, text_dropout=0.5), uniform)
-    tt = torch.full((n,), t)
-    return model(und, gen_inputs(fm.interpolate(x0, noise, tt), tt)).velocity.float()
+    tt = torch.full((len(x0),), t)
+    return pipe.model(prompts(pipe, batch, drop_text), gen_inputs(fm.interpolate(x0, noise, tt), tt)).velocity.float()
+
+
+def influence(pipe: LightBagelPipeline, batch, x0, noise, t: float = 0.5) -> tuple[float, float]:
+    """`tiny_reference.neighbour_influence` of the DiT: one token's input moved, its 8 neighbours' outputs."""
+    gen, und, tt = pipe.model.gen, prompts(pipe, batch, False), torch.full((len(x0),), t)
+    velocity = lambda x: gen.unpatchify(pipe.model(und, gen_inputs(x, tt)).velocity.float(), 1, *x.shape[-2:])[:, :, 0]  # noqa: E731
+    return neighbour_influence(velocity, fm.interpolate(x0, noise, tt), block=gen.patch_size[1])
 
 
 def passes(pipe, x0_hat: torch.Tensor, scenes: list[shapes.Scene]) -> float:
@@ -153,6 +165,9 @@ def main(argv=None) -> None:
         one_step = passes(pipe, fm.interpolate(x0, noise, torch.full((args.n,), t)) - t * v, scenes)
         blocks = ", ".join(f"{e:.2f}" for e in entropy)
         print(f"| {t:.1f} | {one_step:.2f} | {from_truth(pipe, batch, x0, noise, t, scenes):.2f} | {blocks} |")
+    near, far = influence(pipe, batch, x0, noise)
+    print(f"\nOne token's input moved at t = 0.5: mean output change of its 8 neighbours {near:.3f}, "
+          f"of the tokens further away {far:.3f} (over its own)")
 
 
 if __name__ == "__main__":
