@@ -78,3 +78,30 @@ def test_nothing_starts_before_the_first_batch_is_asked_for():
 def test_depth_below_one_is_refused():
     with pytest.raises(ValueError, match="prefetch depth must be >= 1, got 0"):
         Prefetcher(range(3), depth=0)
+
+
+def _slow_count():
+    for i in itertools.count():
+        time.sleep(0.05)  # the producer is mostly inside the source, making a batch
+        yield i
+
+
+def test_close_stops_and_joins_every_producer_before_it_returns():
+    """A daemon producer still in a torch op at interpreter exit aborts the process, so `close`
+    (the datamodule's teardown) returns only once every producer thread has ended."""
+    loader = Prefetcher(_slow_count(), depth=1)
+    it = iter(loader)
+    assert next(it) == 0
+    loader.close()
+    assert not it.thread.is_alive()
+
+
+@pytest.mark.parametrize("hook", ["teardown", "on_exception"])
+def test_the_datamodule_joins_its_producers_when_fit_ends_or_stops(card, hook):  # noqa: F811
+    """Lightning calls `teardown` when fit ends and `on_exception` when it stops (SIGTERM, Ctrl-C, an
+    error): either way no prefetch thread outlives it."""
+    dm = module(card, 0)
+    it = iter(dm.train_dataloader())
+    next(it)
+    getattr(dm, hook)("fit" if hook == "teardown" else RuntimeError("stopped"))
+    assert not it.thread.is_alive()

@@ -54,6 +54,7 @@ class MixtureDataModule(L.LightningDataModule):
         self.consumed = 0
         self.roles: dict[int, dict] = {}
         self.last_state: Optional[dict] = None
+        self._prefetchers: list[Prefetcher] = []  # train_dataloader's, closed by teardown / on_exception
 
     # ------------------------------------------------------------------ setup
     def prepare_data(self) -> None:
@@ -115,7 +116,19 @@ class MixtureDataModule(L.LightningDataModule):
         loader = DataLoader(MixtureDataset(self.plan()), batch_size=None, num_workers=workers,
                             collate_fn=_first, persistent_workers=workers > 0,
                             prefetch_factor=2 if workers > 0 else None)
-        return Prefetcher(loader)  # batches made (or received from workers) off the training thread
+        self._prefetchers.append(Prefetcher(loader))  # batches made (or received) off the training thread
+        return self._prefetchers[-1]
+
+    def teardown(self, stage: str) -> None:
+        self.close_loaders()
+
+    def on_exception(self, exception: BaseException) -> None:  # SIGTERM, Ctrl-C, errors: no teardown call
+        self.close_loaders()
+
+    def close_loaders(self) -> None:
+        """Stops and joins the prefetch threads before the process can exit under them."""
+        while self._prefetchers:
+            self._prefetchers.pop().close()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, (TrainBatch, ChatBatch)) and batch.data_state is not None:
