@@ -8,9 +8,9 @@ thread only takes them from a queue. Measured in docs/data.md ("Loading off the 
 
 The order of batches is the loader's; nothing is recorded as consumed until the training loop takes
 a batch (MixtureDataModule.on_before_batch_transfer), so resume stays exact. `Prefetcher.close`
-stops and joins every producer: a daemon thread still inside a torch op while the interpreter
-exits aborts the process ("terminate called without an active exception"), which turned a
-SIGTERM-stopped fit's exit code 143 into a crash.
+(the datamodule's teardown and on_exception) stops and joins every producer: a daemon thread still
+inside a torch op while the interpreter exits aborts the process ("terminate called without an
+active exception").
 """
 
 from __future__ import annotations
