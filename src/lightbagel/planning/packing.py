@@ -47,15 +47,9 @@ def sample_packing(recipe: RecipeConfig, model: LightBagel, batches: int) -> Pac
     dm.setup("fit")
     real = padded = samples = 0
     for batch in itertools.islice(iter(dm.train_dataloader()), batches):
-        per_slot = _per_slot(batch, multiple)
-        real += sum(layout_tokens(batch, per_slot, "packed"))
-        padded += sum(layout_tokens(batch, per_slot, "padded"))
+        real += sum(layout_tokens(batch, multiple, "packed"))
+        padded += sum(layout_tokens(batch, multiple, "padded"))
         samples += len(batch)
     return PackingSample(batches, samples, real, padded, recipe.data.packing.token_budget,
                          recipe.data.packing.layout)
 
-
-def _per_slot(batch, multiple: int) -> int:
-    """DiT tokens per image slot of a batch (one VAE size per batch); 0 for a chat batch."""
-    target = getattr(batch, "target", None)
-    return 0 if target is None else (target.shape[-2] // multiple) * (target.shape[-1] // multiple)

@@ -157,10 +157,14 @@ class ResolutionConfig:
 
 @dataclass
 class PackingConfig:
-    """Token budget per batch: a batch holds same-size images up to this many tokens."""
+    """Token budget per batch (data/buckets.py): a packed row holds images of every size, a padded
+    batch same-size images, until they hold this many tokens."""
 
     # None: fixed `batch_size` samples per batch; otherwise `batch_size` is the cap.
     token_budget: Optional[int] = None
+    # A row is sent once it holds `token_budget` tokens; a sample that would take it past this
+    # many waits for the next row (BAGEL's max_num_tokens; None: the budget is also the cap).
+    max_tokens: Optional[int] = None
     # A sample waiting longer than this many draws for its bucket to fill is sent in a short batch.
     max_wait: int = 256
     # How a batch runs through the model (docs/data.md): "packed" puts every sample's real tokens in
@@ -346,7 +350,8 @@ _POSITIVE_KEYS = (
     "data.num_samples", "data.image_size", "data.batch_size", "data.vit_image_size",
     "data.resolution.vae_min_short", "data.resolution.vae_max_long", "data.resolution.vae_multiple",
     "data.resolution.vit_min_short", "data.resolution.vit_max_long", "data.resolution.vit_multiple",
-    "data.resolution.max_image_pixels", "data.packing.token_budget", "data.packing.max_wait",
+    "data.resolution.max_image_pixels", "data.packing.token_budget", "data.packing.max_tokens",
+    "data.packing.max_wait",
     "trainer.num_nodes", "trainer.max_steps", "trainer.log_every_n_steps",
     "trainer.sample_steps", "trainer.eval_per_category", "trainer.gradient_clip_val",
     "trainer.accumulate_grad_batches", "trainer.num_threads", "trainer.keep_checkpoints",

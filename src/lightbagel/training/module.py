@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import TrainBatch
+from lightbagel.data.collate import MixedBatch, TrainBatch, size_groups
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
-from lightbagel.packing import LAYOUTS, layout_tokens
+from lightbagel.packing import layout_tokens, row_velocities
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
 from lightbagel.training import flow_matching as fm
@@ -84,7 +85,7 @@ class LightBagelModule(L.LightningModule):
         for name, value in logged.items() if writes else ():  # loss/flow or loss/und, and its tokens
             self.log(name, value, batch_size=len(batch))
         if self._configured:
-            self.flops_per_batch = self._batch_flops(batch, int(logged.get("train/target_tokens", 0)))
+            self.flops_per_batch = self._batch_flops(batch)
         return loss
 
     def _logging_now(self) -> tuple[bool, bool]:
@@ -96,9 +97,9 @@ class LightBagelModule(L.LightningModule):
             return True, False
         return trainer._logger_connector.should_update_logs, trainer.progress_bar_callback is not None
 
-    def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
-        per_slot = target_tokens // max(1, len(batch))
-        return train_flops(self._weights, *layout_tokens(batch, per_slot, self.recipe.data.packing.layout))
+    def _batch_flops(self, batch: TrainBatch | MixedBatch | ChatBatch) -> int:
+        multiple = vae_multiple_of(self.model.gen)
+        return train_flops(self._weights, *layout_tokens(batch, multiple, self.recipe.data.packing.layout))
 
     def weighted_loss(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> tuple[torch.Tensor, dict]:
         """The recipe-weighted loss of a batch and what to log beside it. The data pipeline never
@@ -128,8 +129,25 @@ class LightBagelModule(L.LightningModule):
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
-    def flow_matching_loss(self, batch: TrainBatch, seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, int]:
-        """With `seeds`, every random draw of sample i comes from seeds[i]; else from torch's RNG."""
+    def flow_matching_loss(self, batch: TrainBatch | MixedBatch,
+                           seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, int]:
+        """With `seeds`, every random draw of sample i comes from seeds[i]; else from torch's RNG.
+        A batch of several image sizes runs as one packed row (or padded rows size by size)."""
+        inputs, targets, first = [], [], 0
+        for group in size_groups(batch):
+            noised, target = self._noised(group, None if seeds is None else seeds[first:first + len(group)])
+            inputs.append(noised)
+            targets.append(target)
+            first += len(group)
+        velocities = row_velocities(self.model, inputs, self.recipe.data.packing.layout)  # packing.py
+        # Mean over every noisy target token of the batch: each token weighs the same.
+        errors = [(v.float() - t.float()).pow(2).flatten() for v, t in zip(velocities, targets)]
+        loss = (errors[0] if len(errors) == 1 else torch.cat(errors)).mean()
+        return loss, sum(t.shape[0] * t.shape[1] for t in targets)
+
+    def _noised(self, batch: TrainBatch, seeds: Optional[list[int]]) -> tuple[tuple, torch.Tensor]:
+        """One image size's model inputs (und, noisy, t, sources, source_valid, source_order) and
+        its (B, per_slot, P) velocity targets."""
         obj = self.recipe.objective
         gen = self.model.gen
         with torch.no_grad():
@@ -144,12 +162,8 @@ class LightBagelModule(L.LightningModule):
         else:
             normal = draws.normal * obj.logit_std + obj.logit_mean
             t, noise = fm.shift_time(torch.sigmoid(normal), obj.timestep_shift), draws.noise
-        run = LAYOUTS[self.recipe.data.packing.layout]  # packed rows or padded ones (packing.py)
-        velocity = run(self.model, und, fm.interpolate(x0, noise, t), t, sources, source_valid, batch.source_order)
-        target = gen.patchify(fm.velocity(x0, noise).unsqueeze(2))
-        # Mean over every noisy target token of the batch: each token weighs the same.
-        loss = (velocity.float() - target.float()).pow(2).mean()
-        return loss, target.shape[0] * target.shape[1]
+        inputs = (und, fm.interpolate(x0, noise, t), t, sources, source_valid, batch.source_order)
+        return inputs, gen.patchify(fm.velocity(x0, noise).unsqueeze(2))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Trainable weights the loss never reaches (e.g. the und-side output of the last fusion
