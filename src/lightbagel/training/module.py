@@ -183,8 +183,11 @@ class LightBagelModule(L.LightningModule):
     def configure_optimizers(self):
         opt = self.recipe.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # One fused kernel per step instead of a dozen per tensor (0.86 against 3.57 ms per tiny step on
+        # CPU, docs/overhead.md): torch fuses AdamW on CPU and CUDA (torch.optim.AdamW, `fused`).
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                      weight_decay=opt.weight_decay)
+                                      weight_decay=opt.weight_decay, fused=fused)
         factor = lr_factor(opt, self.recipe.trainer.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
