@@ -40,11 +40,6 @@ class PackedInputs:
         rows, cols = self.und_rows.to(hidden.device), self.und_cols.to(hidden.device)
         return hidden[rows, cols].unsqueeze(0), adapter.gather_rope(rope, rows, cols)
 
-    def masks(self, per_slot: int, backend: str) -> tuple[OrderMask, OrderMask, OrderMask]:
-        """Joint, VLM and DiT masks of the row, as `LightBagel._masks` builds them for padded rows."""
-        und, gen = self.mask_parts(per_slot)
-        return _row_masks(*und, *gen, backend)
-
     def mask_parts(self, per_slot: int, first_sample: int = 0) -> tuple[tuple, tuple]:
         """(order, valid, sample) of the und tokens and of the gen tokens; samples from `first_sample`."""
         device = self.gen.order.device
@@ -74,7 +69,7 @@ class PackedRow:
         return (*join_tokens(und), *join_tokens(gen), per_slot)
 
     def masks(self, per_slot: list[int], backend: str) -> tuple[OrderMask, OrderMask, OrderMask]:
-        """Joint, VLM and DiT masks of the joined row (see `PackedInputs.masks`)."""
+        """Joint, VLM and DiT masks of the row, as `LightBagel._masks` builds them for padded rows."""
         offsets = [0]
         for part in self.parts[:-1]:
             offsets.append(offsets[-1] + len(part.targets))
