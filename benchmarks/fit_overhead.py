@@ -44,9 +44,9 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.recipe import load_recipe
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 from lightbagel.training import fit as fit_module
 from lightbagel.training.checkpointing import AtomicCheckpoint
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.randomness import sample_seeds
 

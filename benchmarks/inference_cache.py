@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.inference import LightBagelPipeline, SamplerConfig
 from lightbagel.inference.sampler import sample
 from lightbagel.model import build_model

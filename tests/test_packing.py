@@ -170,7 +170,7 @@ def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
 def test_packed_rows_under_flex_equal_padded_rows(fused):
     """The GPU path's rule: a packed row's `mask_mod` (fusion/flex.py; samples do not ascend along the
     joint row [und of every sample; gen of every sample]) gives the padded dense velocities. Eager
-    flex applies the `mask_mod` everywhere; tests/test_flex.py checks the tile classes."""
+    flex applies the `mask_mod` everywhere; tests/fusion/test_flex.py checks the tile classes."""
     batch = _batch(fused, "tteeetee")
     padded = _velocities(fused, batch, DROPS, "padded")
     fused.attention = "flex"  # eager flex_attention: forward only on CPU

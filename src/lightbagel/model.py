@@ -11,6 +11,7 @@ from torch import nn
 
 from lightbagel.backbones.generation.base import GenerationAdapter
 from lightbagel.backbones.understanding.base import UnderstandingAdapter
+from lightbagel.flow_matching import PREDICTIONS
 from lightbagel.fusion import StreamSpec, vlm_depth_schedule
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import OrderMask, causal_order_mask
@@ -20,7 +21,6 @@ from lightbagel.packing import PackedInputs
 from lightbagel.precision import training_plan
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
-from lightbagel.training.flow_matching import PREDICTIONS
 
 
 @dataclass

@@ -15,9 +15,9 @@ from diffusers import SD3Transformer2DModel
 
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
+from lightbagel.model_folder import export_model, load_exported
 from lightbagel.recipe import load_recipe
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING, VAE
-from lightbagel.training.export import export_model, load_exported
 from lightbagel.training.sharding import BLOCK_UNITS
 
 REPO = Path(__file__).resolve().parents[2]

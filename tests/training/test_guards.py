@@ -45,7 +45,7 @@ def test_ema_moves_each_weight_towards_the_current_one():
 
 def test_lora_and_ema_under_fsdp2_export_merged_weights_and_adapters(tmp_path):
     from lightbagel.cli.export import main
-    from lightbagel.training.export import load_exported
+    from lightbagel.model_folder import load_exported
 
     from .test_distributed import launch
 

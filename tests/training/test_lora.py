@@ -87,8 +87,8 @@ def test_merged_model_equals_base_plus_adapter(tiny_recipe, lora_model, make_bat
 
 def test_lora_edit_recipe_fine_tunes_a_tiny_export(tmp_path, make_batch):
     """recipes/lora_edit.yaml at tiny size: init from an export, adapters only, on CPU."""
+    from lightbagel.model_folder import export_model
     from lightbagel.recipe import load_recipe
-    from lightbagel.training.export import export_model
     from lightbagel.training.module import LightBagelModule
 
     tiny = ["understanding=tiny_qwen2_5_vl", "generation=tiny_wan_pixel", "trainer.card=cpu",

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightbagel.data import questions, shapes
+from lightbagel import shapes
 from lightbagel.data.chat import collate_chat
 from lightbagel.recipe import load_recipe
+from lightbagel.shapes import questions
 from lightbagel.training.module import LightBagelModule
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"

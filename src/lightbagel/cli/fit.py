@@ -36,7 +36,7 @@ def run_name(recipe: Recipe, overrides: list[str]) -> str:
 
 def fresh_recipe(args, recipe: Recipe) -> Recipe | None:
     """The recipe again with output_dir moved to a folder that holds no run yet."""
-    from lightbagel.training.runs import fresh_output_dir
+    from lightbagel.runs.folder import fresh_output_dir
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         print("lightbagel-fit: --fresh picks its folder per process; with several processes give name=NAME instead",

@@ -24,8 +24,8 @@ import webdataset as wds
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
-from lightbagel.data.shards import SkipCounter, _TarEndCheck
 from lightbagel.errors import DataError
+from lightbagel.shapes.shards import SkipCounter, _TarEndCheck
 
 log = logging.getLogger(__name__)
 

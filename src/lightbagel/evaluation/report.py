@@ -23,7 +23,7 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
     """
     import mlflow
 
-    from lightbagel.training import tracking
+    from lightbagel.runs import tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     if parent is None:

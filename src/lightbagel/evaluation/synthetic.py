@@ -15,8 +15,8 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lightbagel.data import shapes
-from lightbagel.data.shapes import Scene
+from lightbagel import shapes
+from lightbagel.shapes import Scene
 
 # Category -> (scene maker, the checks of shapes.score that must all hold).
 SceneMaker = Callable[[random.Random], Scene]

@@ -22,9 +22,9 @@ from lightbagel.data.collate import image_to_tensor, tensor_to_image
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.inference.sampler import Conditioning, SamplerConfig, sample
 from lightbagel.model import LightBagel
+from lightbagel.model_folder import RECIPE, export_model, load_exported, resolved_recipe
 from lightbagel.precision import apply_precision, dtype_named, inference_plan, training_plan
 from lightbagel.recipe.schema import RecipeConfig
-from lightbagel.training.export import RECIPE, export_model, load_exported, resolved_recipe
 
 Sources = Union[None, Image.Image, Sequence[Image.Image]]
 
@@ -60,7 +60,7 @@ class LightBagelPipeline:
         `dtype` (a precision.DTYPES name) is what every weight computes in, but the fp32 list of
         precision.py (VAE, rotary tables, timestep path); default: the training compute dtype.
         The folder's recipe may not turn on code loading; only `trust_remote_code=True` here may
-        (training/export.py).
+        (model_folder.py).
         """
         directory = Path(directory)
         if not (directory / RECIPE).is_file():

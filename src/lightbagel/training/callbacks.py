@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.data.collate import Collator, tensor_to_image
 from lightbagel.inference.sampler import sample_latents
 

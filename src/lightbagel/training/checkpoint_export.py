@@ -1,5 +1,5 @@
 """Exports for `lightbagel-fit` and `lightbagel-export`: a (sharded) checkpoint or a trained
-module -> `model.safetensors` + `recipe.yaml` (training/export.py's layout), plus `ema/` (the
+module -> `model.safetensors` + `recipe.yaml` (model_folder.py's layout), plus `ema/` (the
 same layout, EMA weights) and, for LoRA runs, `adapter/` (peft format) beside merged weights.
 """
 
@@ -13,9 +13,9 @@ from typing import Optional
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from lightbagel.model_folder import export_model, parse_recipe, refuse_code_loading
 from lightbagel.recipe.schema import RecipeConfig
 from lightbagel.training.checkpointing import safe_load
-from lightbagel.training.export import export_model, parse_recipe, refuse_code_loading
 from lightbagel.training.lora import lora_layers, merge_lora, save_adapters
 
 META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint

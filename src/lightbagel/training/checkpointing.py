@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 from lightbagel.errors import CheckpointError, first_line
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 log = logging.getLogger(__name__)
 

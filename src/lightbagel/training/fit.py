@@ -19,16 +19,16 @@ from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
 from lightbagel.recipe import Recipe
+from lightbagel.runs.folder import check_resume, folder_lock, is_rank_zero, write_record
+from lightbagel.runs.tracking import make_logger
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
-from lightbagel.training.runs import check_resume, folder_lock, is_rank_zero, write_record
 from lightbagel.training.stages import load_parts, run_pretrain
 from lightbagel.training.strategy import is_sharded, make_strategy
-from lightbagel.training.tracking import make_logger
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def token_counter(model):
 
 def fit(recipe: Recipe, run_name: Optional[str] = None) -> FitResult:
     """Trains `recipe` into its output folder, resuming the run there when the recipe matches it
-    (training/runs.py); `run_name` names a new MLflow run (default: the recipe's name)."""
+    (runs/folder.py); `run_name` names a new MLflow run (default: the recipe's name)."""
     silence_noise()
     out = Path(recipe.config.output_dir)
     with folder_lock(out):

@@ -18,8 +18,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 from torch import nn
 
+from lightbagel.model_folder import read_weights
 from lightbagel.recipe.schema import LoraConfig
-from lightbagel.training.export import read_weights
 
 # Where each component lives inside LightBagel.
 COMPONENT_PREFIX = {"understanding": "und", "generation": "gen.dit", "fusion": "fusion"}

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from lightbagel import flow_matching as fm
 from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
+from lightbagel.model_folder import WEIGHTS, check_weights, read_weights
 from lightbagel.packing import LAYOUTS, layout_tokens
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
-from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
-from lightbagel.training.export import WEIGHTS, check_weights, read_weights
 from lightbagel.training.flops import stream_weights, train_flops
 from lightbagel.training.lora import add_lora
 from lightbagel.training.randomness import draw, sample_seeds

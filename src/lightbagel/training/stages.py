@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 from lightbagel.errors import ModelFolderError, first_line
 from lightbagel.model import LightBagel
+from lightbagel.model_folder import RECIPE, WEIGHTS, read_weights, resolved_recipe
 from lightbagel.recipe import Recipe, load_recipe
-from lightbagel.training.export import RECIPE, WEIGHTS, read_weights, resolved_recipe
 
 PARTS = {"understanding": "und", "generation": "gen", "fusion": "fusion"}  # recipe part -> model attribute
 

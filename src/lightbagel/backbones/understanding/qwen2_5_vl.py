@@ -147,7 +147,7 @@ def _host_vision_kwargs(visual, grid: torch.Tensor, device: torch.device) -> dic
 def _tiny_tokenizer(name: str):
     if name != "shapes":
         raise ValueError(f"unknown built-in tokenizer {name!r}; allowed: shapes")
-    from lightbagel.data.tokenizer import build_shapes_tokenizer
+    from lightbagel.shapes.tokenizer import build_shapes_tokenizer
 
     return build_shapes_tokenizer()
 

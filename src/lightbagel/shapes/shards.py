@@ -16,7 +16,7 @@ e.g. ``sample00000042``):
 ``target.png`` (t2i and edit)
     the image to generate: RGB PNG, ``image_size`` x ``image_size``.
 ``image.png`` and ``conversation.json`` (und only)
-    the scene and a chat about it: questions with exact answers (data/questions.py).
+    the scene and a chat about it: questions with exact answers (shapes/questions.py).
 
 Shards are named ``shapes-%06d.tar``; ``manifest.json`` next to them records the
 generation parameters, so an identical second call reuses them.
@@ -41,9 +41,10 @@ import webdataset as wds
 from PIL import Image
 from webdataset.cache import StreamingOpen
 
-from lightbagel.data import questions, shapes
+from lightbagel import shapes
 from lightbagel.data.images import to_rgb
 from lightbagel.errors import DataError
+from lightbagel.shapes import questions
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lightbagel.data import shapes
-from lightbagel.data.shards import SkipCounter, read_shapes_samples, write_shapes_shards
+from lightbagel import shapes
+from lightbagel.shapes.shards import SkipCounter, read_shapes_samples, write_shapes_shards
 
 N, SIZE, PER_SHARD = 50, 32, 20
 

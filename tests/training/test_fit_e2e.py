@@ -11,12 +11,12 @@ from PIL import Image
 
 from lightbagel.cli.fit import main
 from lightbagel.data.collate import Collator
+from lightbagel.model_folder import load_exported
 from lightbagel.recipe import load_recipe
 from lightbagel.training.callbacks import render_samples, validation_samples
-from lightbagel.training.export import load_exported
 from lightbagel.training.fit import fit
 
-TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
 
 def _short_run(tmp_path, *extra):
