@@ -11,7 +11,7 @@ from lightbagel.data.collate import Collator
 from lightbagel.model import build_model
 from lightbagel.packing import LAYOUTS, pack
 from lightbagel.recipe.schema import ObjectiveConfig
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 from lightbagel.training.module import drop_conditions
 from tests.test_model import _perturb_fusion
 

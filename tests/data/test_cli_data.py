@@ -5,8 +5,8 @@ from mixture_helpers import png
 
 from lightbagel.cli.data import main
 from lightbagel.data.samples import to_record
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import read_shard
-from lightbagel.shapes.shards import SkipCounter
 
 
 def read_all(out, prefix):

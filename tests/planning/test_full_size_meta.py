@@ -14,7 +14,7 @@ from lightbagel.model import build_skeleton
 from lightbagel.planning.parts import fusion_split, model_parts
 from lightbagel.precision import apply_precision, inference_plan
 from lightbagel.recipe import load_recipe
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 
 FULL = Path(__file__).resolve().parents[2] / "recipes" / "lightbagel_7b_5b.yaml"
 

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from lightbagel import shapes
-from lightbagel.shapes.shards import SkipCounter, read_shapes_samples, write_shapes_shards
+from lightbagel.data.skips import SkipCounter
+from lightbagel.shapes.shards import write_shapes_shards
+from tests.shapes.shards_reader import read_shapes_samples
 
 N, SIZE, PER_SHARD = 50, 32, 20
 

@@ -26,7 +26,7 @@ from safetensors.torch import save_file  # noqa: E402
 from lightbagel.data.collate import Collator  # noqa: E402
 from lightbagel.precision import precision_of  # noqa: E402
 from lightbagel.recipe import load_recipe  # noqa: E402
-from lightbagel.training.callbacks import validation_samples  # noqa: E402
+from lightbagel.shapes.heldout import validation_samples  # noqa: E402
 from lightbagel.training.checkpointing import AtomicCheckpoint, FastForward, ResumableLoader  # noqa: E402
 from lightbagel.training.module import LightBagelModule  # noqa: E402
 from lightbagel.training.strategy import make_strategy  # noqa: E402

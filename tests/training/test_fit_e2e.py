@@ -13,7 +13,8 @@ from lightbagel.cli.fit import main
 from lightbagel.data.collate import Collator
 from lightbagel.model_folder import load_exported
 from lightbagel.recipe import load_recipe
-from lightbagel.training.callbacks import render_samples, validation_samples
+from lightbagel.shapes.heldout import validation_samples
+from lightbagel.training.callbacks import render_samples
 from lightbagel.training.fit import fit
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"

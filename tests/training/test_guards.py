@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lightbagel.data.collate import Collator
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 from lightbagel.training.checkpointing import AtomicCheckpoint, ResumableLoader, complete_checkpoints
 from lightbagel.training.ema import EMAWeights
 from lightbagel.training.module import LightBagelModule

@@ -27,7 +27,7 @@ from lightbagel.precision import (
 from lightbagel.recipe import load_recipe
 from lightbagel.recipe.schema import CHOICES
 from lightbagel.registry import GENERATION, UNDERSTANDING, VAE
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 from lightbagel.training.checkpointing import ResumableLoader
 from lightbagel.training.module import LightBagelModule
 from training.precision_probe import PrecisionProbe

@@ -24,10 +24,11 @@ from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
 from lightbagel.data.prefetch import Prefetcher
 from lightbagel.data.samples import TRAINABLE
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import expand_urls
 from lightbagel.errors import DataError
 from lightbagel.recipe.schema import DataConfig, SourceConfig
-from lightbagel.shapes.shards import SkipCounter, write_shapes_shards
+from lightbagel.shapes.shards import write_shapes_shards
 
 log = logging.getLogger(__name__)
 

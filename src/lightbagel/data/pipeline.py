@@ -24,9 +24,9 @@ from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, Size, r
 from lightbagel.data.collate import Collator, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.samples import TRAINABLE, BadSample, to_record
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import Slot, SourceStream
 from lightbagel.errors import DataError
-from lightbagel.shapes.shards import SkipCounter
 
 log = logging.getLogger(__name__)
 

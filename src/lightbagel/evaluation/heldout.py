@@ -12,7 +12,7 @@ from lightbagel import flow_matching as fm
 from lightbagel.data.collate import Collator
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import LightBagel
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 
 
 @torch.no_grad()
