@@ -24,7 +24,7 @@ from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig, VAEConfig
-from lightbagel.registry import GENERATION, VAE
+from lightbagel.registry import VAE
 
 
 class SD3Adapter(GenerationAdapter):
@@ -106,7 +106,6 @@ class SD3VAE(LatentCodec):
             return self.vae.decode(x).sample.to(latents.dtype).clamp(-1, 1)
 
 
-@VAE.register("sd3_vae")
 def build_sd3_vae(cfg: VAEConfig) -> SD3VAE:
     return SD3VAE(load_diffusers_model(AutoencoderKL, cfg))
 
@@ -121,7 +120,6 @@ def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
     return parts
 
 
-@GENERATION.register("sd3")
 def build_sd3(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> SD3Adapter:
     """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
     if cfg.rope_theta is not None:

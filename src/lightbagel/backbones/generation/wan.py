@@ -17,7 +17,7 @@ from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig
-from lightbagel.registry import GENERATION, VAE
+from lightbagel.registry import VAE
 
 
 class WanAdapter(GenerationAdapter):
@@ -109,7 +109,6 @@ class WanAdapter(GenerationAdapter):
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, slots, height, width)
 
 
-@GENERATION.register("wan")
 def build_wan(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> WanAdapter:
     """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
     dit = load_diffusers_model(WanTransformer3DModel, cfg, dtype)

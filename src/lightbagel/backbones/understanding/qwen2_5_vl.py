@@ -30,7 +30,6 @@ from lightbagel.backbones.understanding.base import (
 from lightbagel.backbones.understanding.order_attention import install_order_attention
 from lightbagel.inputs import TEXT, VIT, UndInputs
 from lightbagel.recipe.schema import UnderstandingConfig
-from lightbagel.registry import UNDERSTANDING
 
 
 class QwenProcessor(UndProcessor):
@@ -223,6 +222,5 @@ def build_qwen(cfg: UnderstandingConfig, family: QwenFamily, dtype: torch.dtype 
 QWEN2_5_VL = QwenFamily(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen25VLAdapter)
 
 
-@UNDERSTANDING.register("qwen2_5_vl")
 def build_qwen2_5_vl(cfg: UnderstandingConfig, dtype: torch.dtype = torch.float32) -> Qwen25VLAdapter:
     return build_qwen(cfg, QWEN2_5_VL, dtype)
