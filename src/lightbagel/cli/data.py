@@ -77,7 +77,7 @@ def vae_multiple(recipe) -> int:
 
     with torch.device("meta"):
         gen = GENERATION.get(recipe.generation.adapter)(without_weights(recipe).generation)
-    return gen.vae.spatial_factor * gen.patch_size[1]
+    return gen.vae_multiple
 
 
 def inspect(args) -> int:

@@ -12,7 +12,6 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from omegaconf import OmegaConf
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
@@ -104,7 +103,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     processor = module.model.und.processor
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
-                             vae_multiple=vae_multiple_of(gen),
+                             vae_multiple=gen.vae_multiple,
                              batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
     if is_rank_zero():

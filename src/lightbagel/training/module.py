@@ -44,7 +44,7 @@ class LightBagelModule(L.LightningModule):
             load_init(self.model, recipe.init_from)
         if recipe.trainer.lora.enabled:
             add_lora(self.model, recipe.trainer.lora)
-        self.precision = training_plan(recipe)
+        self.precision = training_plan(recipe.trainer, self.model)
         refuse_bf16_masters(self.model, self.precision, recipe.trainer)
         self.ema: Optional[EMAWeights] = None
         self.nonfinite_total = self.nonfinite_streak = 0
@@ -57,7 +57,7 @@ class LightBagelModule(L.LightningModule):
         if self._configured:  # Lightning may call it again (e.g. validate after fit)
             return
         tr = self.recipe.trainer
-        units = model_units(self.model, self.recipe.understanding.adapter, self.recipe.generation.adapter)
+        units = model_units(self.model)
         self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
         mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
         apply_precision(self.model, self.precision)

@@ -29,6 +29,9 @@ from lightbagel.registry import VAE
 
 class SD3Adapter(GenerationAdapter):
     has_rotary = False  # positions are absolute embeddings; fusion needs no matching head dim
+    keep_in_fp32 = (r"^time_text_embed\.timestep_embedder\.",)  # Wan's time path; no rotary, no table
+    # Like Wan, `block(i)` runs a block's image-stream sub-layers itself (no text stream).
+    blocks, block_called = "dit.transformer_blocks", False
 
     def __init__(self, dit: SD3Transformer2DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
         super().__init__()

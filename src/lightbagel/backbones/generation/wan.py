@@ -21,6 +21,13 @@ from lightbagel.registry import VAE
 
 
 class WanAdapter(GenerationAdapter):
+    # Wan runs its 3D RoPE, timestep embedding/projection and modulation in fp32
+    # (https://github.com/Wan-Video/Wan2.2, wan/modules/model.py; diffusers'
+    # WanTransformer3DModel._keep_in_fp32_modules).
+    keep_in_fp32 = (r"^rope\.", r"^condition_embedder\.(time_embedder|time_proj)\.", r"(^|\.)scale_shift_table$")
+    # A Wan block's own forward expects umT5 text, so `block(i)` runs its sub-layers itself.
+    blocks, block_called = "dit.blocks", False
+
     def __init__(self, dit: WanTransformer3DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
         super().__init__()
         self._bind(dit, vae, num_train_timesteps, tuple(dit.config.patch_size))

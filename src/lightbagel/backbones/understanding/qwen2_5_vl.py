@@ -77,6 +77,11 @@ class QwenProcessor(UndProcessor):
 
 
 class Qwen25VLAdapter(UnderstandingAdapter):
+    # Rotary inv_freq of the LLM (M-RoPE) and of the ViT: in bf16 the phase is off by up to
+    # ~0.7 rad at distance 600, and the frozen VLM no longer computes the original model.
+    keep_in_fp32 = ("rotary",)
+    blocks, block_called = "model.model.language_model.layers", True
+
     def __init__(self, model: Qwen2_5_VLForConditionalGeneration, processor: QwenProcessor):
         super().__init__()
         self.model = model
