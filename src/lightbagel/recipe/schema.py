@@ -281,7 +281,7 @@ class ObjectiveConfig:
     edit_condition: str = "both"
     # What the DiT's head outputs: "velocity" (v = eps - x0, Wan and BAGEL) or "sample" (x0, read
     # as the velocity (x_t - x0) / t it implies, JiT arXiv:2511.13720); the loss is on the velocity
-    # either way. The tiny default predicts x0 (docs/tiny.md has the measurement).
+    # either way (docs/tiny.md measures both on the tiny model).
     prediction: str = "velocity"
     # Loss weights. Flow matching trains generation on t2i/edit samples; the understanding loss
     # (next-token cross-entropy on the answer tokens of `und` samples, VLM alone) trains the VLM,
