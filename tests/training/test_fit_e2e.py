@@ -94,7 +94,7 @@ def test_pretrained_recipe_freezes_the_vlm_its_stage_trained(tmp_path, capsys):
     from safetensors.torch import load_file
 
     from lightbagel.model import build_model
-    from lightbagel.training.stages import run_pretrain
+    from lightbagel.training.fit import run_pretrain
 
     assert load_recipe(TINY).config.pretrain.recipe is None
     stage = [f"data.root={tmp_path / 'und'}", "data.num_samples=16", "data.batch_size=4", "trainer.max_steps=2",

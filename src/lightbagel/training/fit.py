@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import torch
@@ -26,7 +26,7 @@ from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
-from lightbagel.training.stages import load_parts, run_pretrain
+from lightbagel.training.stages import is_complete, load_parts, stage_recipe
 from lightbagel.training.strategy import is_sharded, make_strategy
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,29 @@ def token_counter(model):
 
 def fit(recipe: Recipe, run_name: Optional[str] = None) -> FitResult:
     """Trains `recipe` into its output folder, resuming the run there when the recipe matches it
-    (runs/folder.py); `run_name` names a new MLflow run (default: the recipe's name)."""
+    (runs/folder.py); `run_name` names a new MLflow run (default: the recipe's name). A recipe with a
+    pretrain stage (training/stages.py) has the stage trained first, before its own model is built."""
     silence_noise()
+    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     out = Path(recipe.config.output_dir)
     with folder_lock(out):
-        return _fit(recipe, out, run_name)
+        return _fit(recipe, out, run_name, stage)
+
+
+def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional[Path]:
+    """Trains the recipe's pretrain stage unless its export is already there; returns that export."""
+    stage = stage_recipe(recipe)
+    if stage is None:
+        return None
+    export = Path(stage.config.output_dir) / "export"
+    if is_complete(export, stage):
+        say(f"pretrain: reusing {export} (a finished run of {stage.path.name}); delete it to retrain")
+        return export
+    say(f"pretrain: no finished run of {stage.path.name} at {export}; training it first (once)")
+    fit(stage)
+    parts = ", ".join(recipe.config.pretrain.parts)
+    say(f"pretrain: {stage.path.name} done; {recipe.config.name} starts from its {parts}")
+    return export
 
 
 def resume_point(dirpath: Path, tr) -> Optional[Path]:
@@ -88,7 +106,7 @@ def resume_point(dirpath: Path, tr) -> Optional[Path]:
     return last
 
 
-def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
+def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Path]) -> FitResult:
     cfg = recipe.config
     last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
     plain = OmegaConf.to_container(recipe.resolved)
@@ -97,7 +115,6 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     module = LightBagelModule(cfg)
-    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     if stage is not None:
         load_parts(module.model, stage, list(cfg.pretrain.parts))
     processor = module.model.und.processor
