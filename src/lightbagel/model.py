@@ -159,10 +159,6 @@ class LightBagel(nn.Module):
         out, (kv, source) = self._run(und, gen, keep_kv=True)
         return out, UndCache(kv, und.order, und.valid, source)
 
-    def encode_understanding(self, und: UndInputs, gen: GenInputs) -> UndCache:
-        """The cache alone; `gen` must hold the clean source slots (any noise in the target)."""
-        return self.forward_with_cache(und, gen)[1]
-
     def forward_generation(self, gen: GenInputs, cache: UndCache) -> torch.Tensor:
         """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C).
 

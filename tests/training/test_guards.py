@@ -9,10 +9,11 @@ from torch import nn
 
 from lightbagel.data.collate import Collator
 from lightbagel.shapes.heldout import validation_samples
-from lightbagel.training.checkpointing import AtomicCheckpoint, ResumableLoader, complete_checkpoints
+from lightbagel.training.checkpointing import AtomicCheckpoint, complete_checkpoints
 from lightbagel.training.ema import EMAWeights
 from lightbagel.training.module import LightBagelModule
 from lightbagel.training.nan_guard import NonFiniteGuard, NonFiniteLossError
+from tests.training.loaders import ResumableLoader
 
 
 def test_non_finite_losses_are_skipped_counted_and_stop_with_a_checkpoint(tiny_recipe, tmp_path):

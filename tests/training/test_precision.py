@@ -26,8 +26,8 @@ from lightbagel.precision import (
 from lightbagel.recipe import load_recipe
 from lightbagel.recipe.schema import CHOICES
 from lightbagel.shapes.heldout import validation_samples
-from lightbagel.training.checkpointing import ResumableLoader
 from lightbagel.training.module import LightBagelModule
+from tests.training.loaders import ResumableLoader
 from training.precision_probe import PrecisionProbe
 
 ROOT = Path(__file__).resolve().parents[2]
