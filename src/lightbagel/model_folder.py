@@ -25,6 +25,7 @@ from lightbagel.recipe.schema import RecipeConfig
 log = logging.getLogger(__name__)
 
 WEIGHTS, RECIPE = "model.safetensors", "recipe.yaml"
+EXPORT = "export"  # a run's model folder, inside its output folder
 
 
 def random_init_prefixes(recipe: RecipeConfig) -> tuple[str, ...]:

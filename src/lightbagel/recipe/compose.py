@@ -63,7 +63,7 @@ from lightbagel.recipe.schema import KINDS, RecipeConfig
 from lightbagel.recipe.sources import Layer, available_recipes, find_recipe, parse_override, read_chain, show
 
 __all__ = ["Recipe", "RecipeError", "available_cards", "available_recipes", "component_search_path", "load_recipe"]
-PARAM_MAX_CHARS = 500  # MLflow's historical limit on a param value
+PARAM_MAX_CHARS = 500  # the param-value limit MLflow stores enforce (6000 on newer ones; 500 fits all)
 
 
 @dataclass(frozen=True)

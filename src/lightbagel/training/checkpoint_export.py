@@ -13,12 +13,10 @@ from typing import Optional
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from lightbagel.model_folder import export_model, parse_recipe, refuse_code_loading
+from lightbagel.model_folder import WEIGHTS, export_model, parse_recipe, refuse_code_loading
 from lightbagel.recipe.schema import RecipeConfig
-from lightbagel.training.checkpointing import safe_load
+from lightbagel.training.checkpointing import META, safe_load
 from lightbagel.training.lora import lora_layers, merge_lora, save_adapters
-
-META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint
 
 
 def plain_recipe(recipe: RecipeConfig) -> RecipeConfig:
@@ -33,7 +31,7 @@ def _touched(model, recipe: RecipeConfig) -> set[str]:
     names |= {f"{n}.weight" for n, _ in lora_layers(model)} | {f"{n}.bias" for n, _ in lora_layers(model)}
     names |= {n for n, _ in model.named_parameters() if n.startswith("fusion.")}
     if recipe.init_from:
-        with safe_open(Path(recipe.init_from) / "model.safetensors", framework="pt") as f:
+        with safe_open(Path(recipe.init_from) / WEIGHTS, framework="pt") as f:
             names |= set(f.keys())
     return names
 
@@ -69,7 +67,7 @@ def export_trained(trainer, module, recipe_yaml: str, out_dir: Path) -> Path:
     if trainer.is_global_zero:
         export_module(unsharded(module.recipe, full), out_dir)
     trainer.strategy.barrier("lightbagel.export")
-    return out_dir / "model.safetensors"
+    return out_dir / WEIGHTS
 
 
 def unsharded(recipe: RecipeConfig, state: Optional[dict] = None):

@@ -23,6 +23,7 @@ from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 log = logging.getLogger(__name__)
 
+META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
 _TMP_PREFIX = ".tmp-"
 
@@ -60,7 +61,7 @@ def unreadable(ckpt: Path) -> Optional[str]:
     """Why `ckpt` cannot be loaded, or None. Cheap: tensors are memory-mapped or only sized, not read."""
     try:
         if ckpt.is_dir():
-            safe_load(ckpt / "meta.pt")
+            safe_load(ckpt / META)
             _check_shard_sizes(ckpt)
         else:
             safe_load(ckpt, mmap=True)

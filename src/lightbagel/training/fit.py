@@ -17,6 +17,7 @@ from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
+from lightbagel.model_folder import EXPORT
 from lightbagel.recipe import Recipe
 from lightbagel.runs.folder import check_resume, folder_lock, is_rank_zero, write_record
 from lightbagel.runs.tracking import make_logger
@@ -84,7 +85,7 @@ def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional
     stage = stage_recipe(recipe)
     if stage is None:
         return None
-    export = Path(stage.config.output_dir) / "export"
+    export = Path(stage.config.output_dir) / EXPORT
     if is_complete(export, stage):
         say(f"pretrain: reusing {export} (a finished run of {stage.path.name}); delete it to retrain")
         return export
@@ -139,7 +140,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Pat
     if trainer.is_global_zero:
         print(banner(recipe, out, last, module, run_id, uri), flush=True)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
-    export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
+    export = export_trained(trainer, module, recipe.to_yaml(), out / EXPORT)
     if logger is not None:
         logger.experiment.log_artifact(logger.run_id, str(export))
     return FitResult(out, export, run_id, uri,
