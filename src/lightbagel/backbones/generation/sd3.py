@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.backbones.generation.wan import WanAdapter
+from lightbagel.backbones.loading import load_diffusers_model
 from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import LatentCodec
+from lightbagel.backbones.loading import load_diffusers_model
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import VAEConfig
 

@@ -20,7 +20,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from lightbagel.backbones.cards import check_card_config, reads_checkpoint
+from lightbagel.backbones.loading import check_card_config, reads_checkpoint
 from lightbagel.backbones.understanding.base import (
     EncodedPrompt,
     Segment,
