@@ -59,7 +59,7 @@ def export_module(module, out_dir: Path) -> Path:
 
 def export_trained(trainer, module, recipe_yaml: str, out_dir: Path) -> Path:
     """After `trainer.fit`: gathers sharded weights (every rank calls this); rank 0 writes."""
-    if module._device_mesh is None:
+    if module.device_mesh is None:
         return export_module(module, out_dir)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -59,7 +59,7 @@ class LightBagelModule(L.LightningModule):
         tr = self.recipe.trainer
         units = model_units(self.model)
         self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
-        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
         apply_precision(self.model, self.precision)
         parallelize(self.model, units, shard_plan(tr, self.precision), mesh)
         if tr.ema.enabled:
