@@ -28,7 +28,10 @@ import sys, time, torch
 from dataclasses import replace
 torch.set_num_threads(int(sys.argv[3]))
 from lightbagel.data.datamodule import MixtureDataModule
-from lightbagel.data.buckets import vae_multiple_of
+try:  # older commits: a function beside the bucketer
+    from lightbagel.data.buckets import vae_multiple_of
+except ImportError:
+    vae_multiple_of = lambda gen: gen.vae_multiple  # noqa: E731
 from lightbagel.recipe import load_recipe
 from lightbagel.training.module import LightBagelModule
 recipe = load_recipe(sys.argv[1], [f"data.root={sys.argv[2]}", "data.num_samples=400"]).config

@@ -174,7 +174,7 @@ def layout_tokens(batch, multiple: int, layout: str) -> tuple[int, int]:
     """(und, gen) token slots a layout computes for a collated batch, condition dropout left out:
     packed rows hold the real prompt tokens and image slots; padded rows pad prompts to the longest
     and give every sample a source slot once one is an edit. Chat batches (no images) are padded.
-    `multiple`: pixels per DiT token side (`data.buckets.vae_multiple_of`)."""
+    `multiple`: pixels per DiT token side (`GenerationAdapter.vae_multiple`)."""
     groups = getattr(batch, "groups", None)
     if groups is not None:  # several image sizes: a packed row of all, or padded batches size by size
         und, gen = zip(*(layout_tokens(group, multiple, layout) for group in groups))
