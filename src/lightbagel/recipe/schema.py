@@ -289,6 +289,12 @@ class ObjectiveConfig:
     # skipped: und_weight 0 is the paper's run (frozen VLM), flow_weight 0 is VLM pre-training.
     flow_weight: float = 1.0
     und_weight: float = 0.0
+    # The VAE objective (tower pre-training, recipes/pretrain/tiny_vae.yaml): L1 reconstruction of
+    # the batch's images through the generation codec plus `vae_kl_weight` x the KL of its
+    # posterior to N(0, 1) (mean per latent value), as latent-diffusion VAEs are trained; it needs
+    # `generation.vae.freeze: false`. 0 (every other recipe) keeps the codec as loaded.
+    vae_weight: float = 0.0
+    vae_kl_weight: float = 1.0e-4
 
 
 @dataclass
@@ -357,7 +363,7 @@ _NON_NEGATIVE_KEYS = (
     "data.num_workers", "data.shuffle_buffer", "data.sources[].weight", "data.stages[].start_step",
     "trainer.num_sample_images", "trainer.sample_every_n_steps", "trainer.eval_every_n_steps",
     "trainer.checkpoint_every_n_steps",
-    "optim.weight_decay", "optim.warmup_steps",
+    "optim.weight_decay", "optim.warmup_steps", "objective.vae_weight", "objective.vae_kl_weight",
 )
 RANGES: Dict[str, Range] = {
     **dict.fromkeys(_POSITIVE_KEYS, _POSITIVE),
