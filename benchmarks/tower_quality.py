@@ -2,11 +2,15 @@
 
     python benchmarks/tower_quality.py vae outputs/tiny_vae/export    # a VAE run's export
     python benchmarks/tower_quality.py vlm outputs/tiny_vlm/export    # a VLM run's export
+    python benchmarks/tower_quality.py dit outputs/tiny_dit/export    # a DiT run's export
     python benchmarks/tower_quality.py vae                            # the towers the default ships
 
 - vae: held-out scenes rendered, encoded and decoded by the codec; the fraction of decoded images
   that pass the exact scorer (data/shapes.py `score`, every check) against the scene, beside the
   fraction of the rendered originals that pass (the scorer's own ceiling). Goal >= 0.98.
+- dit: unconditional samples (no guidance, 30 Euler steps) through the DiT and its VAE; the
+  fraction in which every object is one clean shape of one colour (data/shapes.py
+  `clean_objects`). Goal >= 0.90.
 - vlm: exact-match VQA over the six question kinds (evaluation/vqa.py) through the VLM alone.
   Goal >= 0.95.
 """
@@ -24,7 +28,7 @@ from lightbagel.data import shapes
 from lightbagel.evaluation.metrics import images_to_batch
 
 REPO = Path(__file__).resolve().parents[1]
-GOALS = {"vae": 0.98, "vlm": 0.95}
+GOALS = {"vae": 0.98, "dit": 0.90, "vlm": 0.95}
 HELDOUT_SEED = "towers:heldout"  # a stream of its own: the shards draw from data.seed
 
 
@@ -56,6 +60,15 @@ def vae_pass_rate(codec, n: int, size: int = 32, batch: int = 64) -> tuple[float
     return passed / n, ceiling / n
 
 
+def dit_clean_rate(model, recipe, n: int) -> float:
+    from lightbagel.inference import LightBagelPipeline
+
+    pipe = LightBagelPipeline(model, recipe)
+    config = {"steps": 30, "text_guidance": 1.0, "image_guidance": 1.0}  # unconditional: nothing to guide
+    images = pipe([""] * n, config=config, seed=10_000).images
+    return sum(shapes.clean_objects(image) for image in images) / n
+
+
 def vlm_accuracy(model, recipe, per_kind: int) -> float:
     from lightbagel.evaluation.vqa import evaluate_vqa
     from lightbagel.inference import LightBagelPipeline
@@ -69,7 +82,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tower", choices=sorted(GOALS))
     p.add_argument("export", nargs="?", default=None, help="a lightbagel-fit export (default: the shipped towers)")
-    p.add_argument("--n", type=int, default=512, help="held-out scenes for the VAE (default: 512)")
+    p.add_argument("--n", type=int, default=512, help="held-out scenes for the VAE, samples for the DiT "
+                   "(default: 512)")
     p.add_argument("--per-kind", type=int, default=32, help="held-out questions per kind for the VLM (default: 32)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -78,6 +92,9 @@ def main(argv=None) -> None:
         value, ceiling = vae_pass_rate(model.gen.vae, args.n)
         print(f"vae: decoded held-out scenes passing the exact scorer {value:.3f} "
               f"(originals {ceiling:.3f}; n={args.n})")
+    elif args.tower == "dit":
+        value = dit_clean_rate(model, recipe, args.n)
+        print(f"dit: unconditional samples whose every object is one clean shape {value:.3f} (n={args.n})")
     else:
         value = vlm_accuracy(model, recipe, args.per_kind)
         print(f"vlm: VQA accuracy on held-out scenes {value:.3f}")
