@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.evaluation.metrics import images_to_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ HELDOUT_SEED = "towers:heldout"  # a stream of its own: the shards draw from dat
 def load(export: str | None):
     """(model, recipe) of an export, or of the default recipe (its shipped towers)."""
     from lightbagel.model import build_model
+    from lightbagel.model_folder import RECIPE, load_exported, resolved_recipe
     from lightbagel.recipe import load_recipe
-    from lightbagel.training.export import RECIPE, load_exported, resolved_recipe
 
     if export:
         return load_exported(export).eval(), resolved_recipe(Path(export) / RECIPE)

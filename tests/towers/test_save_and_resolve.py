@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightbagel.backbones.cards import TOWERS_PACKAGE, resolve_pretrained
+from lightbagel.backbones.loading import TOWERS_PACKAGE, resolve_pretrained
 from lightbagel.model import build_model
 from lightbagel.recipe import load_recipe
 from lightbagel.training.towers import save_tower
