@@ -319,6 +319,12 @@ class ObjectiveConfig:
     # skipped: und_weight 0 is the paper's run (frozen VLM), flow_weight 0 is VLM pre-training.
     flow_weight: float = 1.0
     und_weight: float = 0.0
+    # The VAE objective (tower pre-training, recipes/pretrain/tiny_vae.yaml): L1 reconstruction of
+    # the batch's images through the generation codec plus `vae_kl_weight` x the KL of its
+    # posterior to N(0, 1) (mean per latent value), as latent-diffusion VAEs are trained; it needs
+    # `generation.vae.freeze: false`. 0 (every other recipe) keeps the codec as loaded.
+    vae_weight: float = non_negative(0.0)
+    vae_kl_weight: float = non_negative(1.0e-4)
 
 
 @dataclass
