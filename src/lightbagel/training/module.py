@@ -120,10 +120,20 @@ class LightBagelModule(L.LightningModule):
             total = obj.flow_weight * loss
             logged.update({"loss/flow": loss.detach(), "train/target_tokens": float(n_tokens)})
         if obj.vae_weight > 0:
-            l1, kl = self.vae_loss(batch)
+            l1, kl = self.vae_losses(batch)
             total = total + obj.vae_weight * (l1 + obj.vae_kl_weight * kl)
             logged.update({"loss/vae_l1": l1.detach(), "loss/vae_kl": kl.detach()})
         return total, logged
+
+    def vae_losses(self, batch: TrainBatch | MixedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """`vae_loss` of every image size of the batch, weighted by its pixels: the means over
+        every pixel and every latent value of the batch."""
+        groups = size_groups(batch)
+        if len(groups) == 1:
+            return self.vae_loss(groups[0])
+        pixels = [(len(g) + int(g.has_source.sum())) * g.target[0].numel() for g in groups]
+        parts = [self.vae_loss(g) for g in groups]
+        return tuple(sum(part[i] * n for part, n in zip(parts, pixels)) / sum(pixels) for i in range(2))
 
     def vae_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE objective on every image of the batch (targets and shown sources): the mean L1
