@@ -6,6 +6,7 @@ or a wrong type is rejected before anything is built.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -340,10 +341,17 @@ _UNIT: Range = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 _UNIT_OPEN: Range = ("in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _POSITIVE: Range = ("> 0", lambda v: v > 0)
 _NON_NEGATIVE: Range = (">= 0", lambda v: v >= 0)
+# An image side the previews and the shapes world can render (4096^2 RGB is 50 MB a float image;
+# 100000 would be ~30 GB per preview).
+_IMAGE_SIDE: Range = ("in [1, 4096]", lambda v: 1 <= v <= 4096)
+# `name` is one folder under outputs/ (output_dir: outputs/${name}): no separator, no "..", short
+# enough for every file system (255 bytes per name, less the suffixes --fresh adds).
+_FOLDER_NAME: Range = ("a folder name of at most 100 letters, digits, '.', '_' or '-', not starting with '.'",
+                       lambda v: re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", str(v)) is not None)
 _POSITIVE_KEYS = (
     "understanding.min_pixels", "understanding.max_pixels", "generation.num_train_timesteps",
     "fusion.num_heads", "fusion.head_dim", "fusion.eps",
-    "data.num_samples", "data.image_size", "data.batch_size", "data.vit_image_size",
+    "data.num_samples", "data.batch_size",
     "data.resolution.vae_min_short", "data.resolution.vae_max_long", "data.resolution.vae_multiple",
     "data.resolution.vit_min_short", "data.resolution.vit_max_long", "data.resolution.vit_multiple",
     "data.resolution.max_image_pixels", "data.packing.token_budget", "data.packing.max_wait",
@@ -351,18 +359,20 @@ _POSITIVE_KEYS = (
     "trainer.sample_steps", "trainer.eval_per_category", "trainer.gradient_clip_val",
     "trainer.accumulate_grad_batches", "trainer.num_threads", "trainer.keep_checkpoints",
     "trainer.max_nonfinite_steps", "trainer.lora.rank", "trainer.lora.alpha",
-    "objective.timestep_shift", "objective.logit_std", "optim.lr", "optim.eps",
+    "objective.timestep_shift", "objective.logit_std", "optim.lr", "optim.eps", "generation.rope_theta",
 )
 _NON_NEGATIVE_KEYS = (
     "data.num_workers", "data.shuffle_buffer", "data.sources[].weight", "data.stages[].start_step",
     "trainer.num_sample_images", "trainer.sample_every_n_steps", "trainer.eval_every_n_steps",
     "trainer.checkpoint_every_n_steps",
-    "optim.weight_decay", "optim.warmup_steps",
+    "optim.weight_decay", "optim.warmup_steps", "objective.flow_weight", "objective.und_weight",
 )
 RANGES: Dict[str, Range] = {
     **dict.fromkeys(_POSITIVE_KEYS, _POSITIVE),
     **dict.fromkeys(_NON_NEGATIVE_KEYS, _NON_NEGATIVE),
     **dict.fromkeys(("objective.text_dropout", "objective.vae_dropout", "objective.vit_dropout",
-                     "fusion.depth_offset", "trainer.ema.decay"), _UNIT),
+                     "fusion.depth_offset", "trainer.ema.decay", "optim.min_lr_ratio"), _UNIT),
+    **dict.fromkeys(("data.image_size", "data.vit_image_size"), _IMAGE_SIDE),
+    "name": _FOLDER_NAME,
     **dict.fromkeys(("trainer.lora.dropout", "optim.betas[]"), _UNIT_OPEN),
 }
