@@ -349,6 +349,7 @@ NAME_RULE = "name: must be a folder name of at most 100 letters, digits, '.', '_
 @pytest.mark.parametrize(("override", "message"), [
     ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
     ("optim.lr=-1e-4", "optim.lr: must be > 0, got -0.0001"),
+    ("optim.lr=.inf", "optim.lr: must be > 0, got inf"),
     ("data.num_workers=-1", "data.num_workers: must be >= 0, got -1"),
     ("data.image_size=0", "data.image_size: must be in [1, 4096], got 0"),
     ("data.image_size=100000", "data.image_size: must be in [1, 4096], got 100000"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from typing import Any, Callable
 
 from PIL import Image
@@ -69,9 +70,11 @@ def _image_bytes(sample: dict, base: str) -> bytes | None:
 def open_image(data: bytes, max_pixels: int, name: str = "") -> Image.Image:
     """Decode to RGB; the size is checked from the header first, so a huge image costs nothing."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # PIL's own bomb warning: the size check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         width, height = image.size
-    except Exception as exn:  # PIL raises many types for bad headers
+    except Exception as exn:  # PIL raises many types for bad headers (DecompressionBombError too)
         raise BadSample("decode", f"{name}: {exn!r}") from None
     if width * height > max_pixels:
         raise BadSample("oversize", f"{name}: {width}x{height} > {max_pixels} pixels")

@@ -6,6 +6,7 @@ or a wrong type is rejected before anything is built.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -339,8 +340,8 @@ class RecipeConfig:
 Range = Tuple[str, Callable[[Any], bool]]
 _UNIT: Range = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 _UNIT_OPEN: Range = ("in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_POSITIVE: Range = ("> 0", lambda v: v > 0)
-_NON_NEGATIVE: Range = (">= 0", lambda v: v >= 0)
+_POSITIVE: Range = ("> 0", lambda v: 0 < v < math.inf)  # nan and inf fail too
+_NON_NEGATIVE: Range = (">= 0", lambda v: 0 <= v < math.inf)
 # An image side the previews and the shapes world can render (4096^2 RGB is 50 MB a float image;
 # 100000 would be ~30 GB per preview).
 _IMAGE_SIDE: Range = ("in [1, 4096]", lambda v: 1 <= v <= 4096)
