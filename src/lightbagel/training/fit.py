@@ -93,7 +93,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     cfg = recipe.config
     last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
     plain = OmegaConf.to_container(recipe.resolved)
-    record = check_resume(out, plain, last is not None)
+    record = check_resume(out, plain, last)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
