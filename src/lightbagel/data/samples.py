@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from lightbagel.data.chat import IMAGE
 from lightbagel.data.images import UnsupportedMode, to_rgb
 
 TRAINABLE = ("t2i", "edit")  # the default objective: flow matching alone
@@ -150,6 +151,10 @@ def _und(sample: dict, max_pixels: int) -> dict:
     if not ok:
         raise BadSample("decode", f"{sample.get('__key__')}.conversation.json: expected [{{role, content}}, ...]")
     images = _numbered(sample, "image", max_pixels)
+    marks = sum(str(t["content"]).count(IMAGE) for t in turns)
+    if marks > len(images):  # caught here, per sample, not when its batch is collated
+        raise BadSample("missing_key", f"{sample.get('__key__')}: conversation has {marks} {IMAGE} marks "
+                                       f"but {len(images)} images")
     text = "\n".join(str(t["content"]) for t in turns if t["role"] == "user")
     return _record(sample, "und", text, None, images, conversation=turns)
 
