@@ -37,6 +37,16 @@ def test_pruning_never_counts_an_unreadable_checkpoint_as_kept(tmp_path):
     assert newest_loadable(ckpts) == ckpts / checkpoint_name(3)  # a rerun resumes at step 3, not 0
 
 
+def test_sigterm_saves_the_step_it_stopped_at_and_an_error_does_not(tmp_path):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    callback = AtomicCheckpoint(tmp_path, every_n_steps=2, keep=3)
+    callback.on_exception(fake_trainer(5), None, RuntimeError("a bug mid-step: its state is not a resume point"))
+    assert newest_loadable(tmp_path) is None
+    callback.on_exception(fake_trainer(5), None, SIGTERMException())
+    assert newest_loadable(tmp_path) == tmp_path / checkpoint_name(5)  # the resume logs from step 6 on
+
+
 def flip_in_place(path: Path, count: int = 4096) -> None:
     data = bytearray(path.read_bytes())
     mid = len(data) // 2

@@ -132,6 +132,14 @@ class AtomicCheckpoint(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.save(trainer)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM stops the loop after a whole step (on every rank alike: Lightning broadcasts it),
+        so the stop step is saved: a resume then replays, and logs again, no step already logged."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
+
     def save(self, trainer: L.Trainer) -> Path:
         """Collective: every rank calls it. Returns the checkpoint's final path."""
         step = trainer.global_step
