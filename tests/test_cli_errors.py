@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from PIL.Image import DecompressionBombError
+from safetensors import SafetensorError
 
 from lightbagel.cli import data, demo, export, fit, plan
 from lightbagel.cli import eval as eval_cli
+from lightbagel.cli.common import at_boundary
 from lightbagel.cli.generate import chat_main, edit_main, generate_main
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
@@ -105,3 +110,24 @@ def test_a_decompression_bomb_is_refused_in_one_line(command, side, export_dir, 
     assert command(["x", "--image", str(bomb), "--model", export_dir, *out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bomb) in err, err
+
+
+def _raise(error: BaseException):
+    def run() -> int:
+        raise error
+    return run
+
+
+# What a full disk or a hostile file raises inside the libraries every command calls.
+LIBRARY_ERRORS = {
+    "disk-full": lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out/model.safetensors"),
+    "safetensors-write": lambda: SafetensorError("Error while serializing: I/O error: No space left on device"),
+    "decompression-bomb": lambda: DecompressionBombError("Image size (400000000 pixels) exceeds limit"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LIBRARY_ERRORS))
+def test_an_expected_library_error_is_one_line(kind, capsys):
+    assert at_boundary("lightbagel-x", _raise(LIBRARY_ERRORS[kind]())) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightbagel-x: ") and "\n" not in err and "Traceback" not in err, err
