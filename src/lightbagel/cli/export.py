@@ -30,9 +30,9 @@ def main(argv=None) -> int:
 
 
 def export(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> int:
-    from lightbagel.training.checkpointing import newest_loadable
+    from lightbagel.training.checkpointing import META, newest_loadable
 
-    if ckpt.is_dir() and not (ckpt / "meta.pt").is_file():  # a checkpoints/ directory: its newest readable one
+    if ckpt.is_dir() and not (ckpt / META).is_file():  # a checkpoints/ directory: its newest readable one
         newest = newest_loadable(ckpt)
         if newest is None:
             raise CliError(f"no readable step-*.ckpt checkpoint in {ckpt}")

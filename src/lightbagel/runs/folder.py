@@ -69,16 +69,14 @@ def differing_keys(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys]
 
 
-def check_resume(out: Path, recipe: dict, checkpoint: Optional[Path]) -> Optional[dict]:
+def check_resume(out: Path, recipe: dict, has_checkpoint: bool, trained: Optional[dict] = None) -> Optional[dict]:
     """The record of the run to resume (empty without a readable run.json), None to start one;
-    RunError when the recipe changed. The checkpoint's own recipe is the one it was trained with,
-    so it is compared first: a folder whose run.json is missing or corrupt is still checked."""
-    if checkpoint is None:
+    RunError when the recipe changed. `trained`, the recipe the checkpoint carries (the one it was
+    trained with), is compared first: a folder whose run.json is missing or corrupt is still checked."""
+    if not has_checkpoint:
         return None
     record = read_record(out)
-    saved = checkpoint_recipe(checkpoint)
-    if saved is None:  # a checkpoint from before checkpoints carried their recipe
-        saved = (record or {}).get("recipe", {})
+    saved = trained if trained is not None else (record or {}).get("recipe", {})
     differ = differing_keys(saved, recipe)
     if differ:
         shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in differ[:_SHOWN_KEYS])
@@ -87,17 +85,6 @@ def check_resume(out: Path, recipe: dict, checkpoint: Optional[Path]) -> Optiona
                        "(a new folder beside it, the old one kept) or give the run a new name=NAME "
                        "(or output_dir=DIR)")
     return record or {}
-
-
-def checkpoint_recipe(ckpt: Path) -> Optional[dict]:
-    """The resolved recipe a checkpoint was trained with, as plain data; None if it holds none."""
-    from omegaconf import OmegaConf
-
-    from lightbagel.training.checkpointing import safe_load
-
-    meta = safe_load(ckpt / "meta.pt" if ckpt.is_dir() else ckpt, mmap=not ckpt.is_dir())
-    text = meta.get("recipe_yaml")
-    return OmegaConf.to_container(OmegaConf.create(text)) if isinstance(text, str) else None
 
 
 def fresh_output_dir(out: Path) -> Path:
