@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Skip reasons, in a fixed order so that ranks can sum their counts as one tensor.
 REASONS = ("unreadable_shard", "truncated_shard", "missing_key", "bad_task", "decode", "oversize",
-           "unsupported_task", "stage_switch", "unsupported_mode")
+           "unsupported_task", "stage_switch", "unsupported_mode", "too_long")
 MAX_CONSECUTIVE_BAD = 10_000
 
 
@@ -131,6 +131,13 @@ class SlotWorker:
         if record["task"] not in self.plan.tasks or multi_source:
             counter.add("unsupported_task", f"{record['key']}: {record['task']} with {len(record['sources'])} images")
             return None
+        # A sample's text may not exceed the token budget (a whole batch's size), nor the VLM's limit
+        # (the processor's max_tokens): one 100k-character caption would otherwise be trained whole.
+        processor = self.plan.collator.processor
+        if processor.too_long(_all_text(record), self.plan.token_budget):
+            limit = min(x for x in (self.plan.token_budget, processor.max_tokens) if x is not None)
+            counter.add("too_long", f"{record['key']}: text over {limit} tokens")
+            return None
         if record["task"] == "und":
             return self._resize_und(record, spec.name)
         return self._resize(record, spec.name)
@@ -219,3 +226,9 @@ class MixtureDataset(IterableDataset):
         while True:
             yield slot.next_batch(index // plan.batches_per_step)
             index += workers
+
+
+def _all_text(record: dict) -> str:
+    """Every text the sample feeds the VLM: the caption or instruction, or the whole conversation."""
+    turns = record.get("conversation")
+    return "\n".join(str(t["content"]) for t in turns) if turns else record["text"]

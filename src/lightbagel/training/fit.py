@@ -23,7 +23,7 @@ from lightbagel.runs.folder import check_resume, folder_lock, is_rank_zero, writ
 from lightbagel.runs.tracking import make_logger
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
-from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
+from lightbagel.training.checkpointing import AtomicCheckpoint, checkpoint_recipe, newest_loadable
 from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
@@ -114,7 +114,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Pat
     cfg = recipe.config
     last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
     plain = OmegaConf.to_container(recipe.resolved)
-    record = check_resume(out, plain, last is not None)
+    record = check_resume(out, plain, last is not None, checkpoint_recipe(last) if last is not None else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)

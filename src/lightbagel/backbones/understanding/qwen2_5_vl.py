@@ -218,6 +218,7 @@ def build_qwen(cfg: UnderstandingConfig, family: QwenFamily, dtype: torch.dtype 
         check_card_config(dict(cfg.config), model.config.to_dict(), f"understanding card {cfg.card}")
     vision = model.config.vision_config
     processor = QwenProcessor(tokenizer, _image_processor(cfg, vision), vision.spatial_merge_size)
+    processor.max_tokens = min(model.config.text_config.max_position_embeddings, tokenizer.model_max_length)
     adapter = family.adapter_cls(model, processor)
     if cfg.freeze:
         adapter.requires_grad_(False)
