@@ -183,10 +183,14 @@ class ResolutionConfig:
 
 @dataclass
 class PackingConfig:
-    """Token budget per batch: a batch holds same-size images up to this many tokens."""
+    """Token budget per batch (data/buckets.py): a packed row holds images of every size, a padded
+    batch same-size images, until they hold this many tokens."""
 
     # None: fixed `batch_size` samples per batch; otherwise `batch_size` is the cap.
     token_budget: Optional[int] = positive(None)
+    # A row is sent once it holds `token_budget` tokens; a sample that would take it past this
+    # many waits for the next row (BAGEL's max_num_tokens; None: the budget is also the cap).
+    max_tokens: Optional[int] = positive(None)
     # A sample waiting longer than this many draws for its bucket to fill is sent in a short batch.
     max_wait: int = positive(256)
     # How a batch runs through the model (docs/data.md): "packed" puts every sample's real tokens in
@@ -315,6 +319,12 @@ class ObjectiveConfig:
     # skipped: und_weight 0 is the paper's run (frozen VLM), flow_weight 0 is VLM pre-training.
     flow_weight: float = 1.0
     und_weight: float = 0.0
+    # The VAE objective (tower pre-training, recipes/pretrain/tiny_vae.yaml): L1 reconstruction of
+    # the batch's images through the generation codec plus `vae_kl_weight` x the KL of its
+    # posterior to N(0, 1) (mean per latent value), as latent-diffusion VAEs are trained; it needs
+    # `generation.vae.freeze: false`. 0 (every other recipe) keeps the codec as loaded.
+    vae_weight: float = non_negative(0.0)
+    vae_kl_weight: float = non_negative(1.0e-4)
 
 
 @dataclass

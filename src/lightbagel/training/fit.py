@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from omegaconf import OmegaConf
 
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import Collator
+from lightbagel.data.collate import Collator, size_groups
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
@@ -62,6 +62,9 @@ def token_counter(model):
     def count(batch) -> int:
         if isinstance(batch, ChatBatch):  # an und batch: the VLM's tokens only
             return int(batch.und.attention_mask.sum())
+        return sum(_group_tokens(group) for group in size_groups(batch))
+
+    def _group_tokens(batch) -> int:
         h, w = batch.target.shape[-2:]
         per_image = model.gen.tokens_per_slot(h // factor, w // factor)
         return int(batch.und.attention_mask.sum()) + per_image * (len(batch) + int(batch.has_source.sum()))
