@@ -72,7 +72,7 @@ ADAPTER_CARDS = [("understanding", c) for c in UND_CARDS] + [("generation", c) f
 
 
 @pytest.mark.parametrize("kind,card", ADAPTER_CARDS)
-def test_adapter_declares_its_fp32_weights_and_its_blocks(kind, card):
+def test_adapter_declares_its_fp32_weights_and_its_blocks(kind, card, make_batch):
     """What precision.py and training/sharding.py read from the adapter's class, and nowhere else."""
     model = fused(f"{kind}={card}")
     adapter = model.und if kind == "understanding" else model.gen
@@ -81,6 +81,16 @@ def test_adapter_declares_its_fp32_weights_and_its_blocks(kind, card):
     units = BlockUnits.of(adapter)
     assert len(units.modules) == adapter.num_layers and all(isinstance(m, torch.nn.Module) for m in units.modules)
     assert all(m is not adapter for m in units.modules)
+    if units.called:  # `block(i)` runs exactly modules[i]: each declared block runs once per forward
+        calls = [0] * len(units.modules)
+        hooks = [m.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+                 for i, m in enumerate(units.modules)]
+        batch = make_batch(model, n=1)  # one text-to-image sample: no ViT image runs
+        with torch.no_grad():
+            model(batch.und, gen_inputs(latents_for(model, 1), torch.rand(1)))
+        for hook in hooks:
+            hook.remove()
+        assert calls == [1] * len(calls)
 
 
 @pytest.mark.parametrize("card", VAE_CARDS)
