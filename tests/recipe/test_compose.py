@@ -82,7 +82,7 @@ def test_merge_order_defaults_card_recipe_cli(tree: Path) -> None:
     trainer = recipe.config.trainer
     assert trainer.max_steps == 30  # card 10 <- recipe 20 <- command line 30
     assert trainer.log_every_n_steps == 5  # card
-    assert trainer.sample_steps == 20  # schema default
+    assert trainer.sample_steps is None  # schema default: the sampler's per-task one
     assert trainer.card == "t"
     assert recipe.config.objective.timestep_shift == 2.0 and recipe.config.optim.lr == 0.5
     assert recipe.config.understanding.config == {"hidden": 8, "layers": 2}

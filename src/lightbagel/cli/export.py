@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightbagel.cli.common import CliError, Parser, add_trust_flag, at_boundary
+from lightbagel.cli.common import CliError, Parser, add_threads_flag, add_trust_flag, at_boundary
 
 PROG = "lightbagel-export"
 
@@ -21,11 +21,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="a checkpoint (outputs/NAME/checkpoints/step-*.ckpt) or its directory")
     parser.add_argument("out_dir", help="where model.safetensors and recipe.yaml go")
     add_trust_flag(parser)
+    add_threads_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    from lightbagel.threads import apply_threads
+
     args = parse_args(argv)
+    apply_threads(args.threads)
     return at_boundary(PROG, lambda: export(Path(args.checkpoint), Path(args.out_dir), args.trust_remote_code))
 
 

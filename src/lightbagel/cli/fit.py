@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lightbagel.cli.common import Parser, recipe_or_none, with_overrides
+from lightbagel.cli.common import Parser, add_threads_flag, recipe_or_none, with_overrides
 from lightbagel.recipe import Recipe
 
 DEFAULT_RECIPE = "recipes/tiny.yaml"
@@ -20,12 +20,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train a LightBagel model from a recipe. Overrides are dotted KEY=VALUE pairs.",
         epilog="example: lightbagel-fit recipes/tiny.yaml trainer.max_steps=50 understanding=tiny_qwen2_5_vl",
     )
-    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe YAML (default: {DEFAULT_RECIPE})")
+    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help="recipe YAML")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--fresh", action="store_true",
                         help="start over in a new folder beside the recipe's output_dir (NAME-2, ...), keeping the old")
     parser.add_argument("--list", action="store_true", help="list the recipes and every card per kind, and exit")
+    add_threads_flag(parser)
     return parser.parse_intermixed_args(argv)  # flags may sit between overrides
 
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     try:
-        result = fit(recipe, run_name(recipe, args.overrides))
+        result = fit(recipe, run_name(recipe, args.overrides), threads=args.threads)
     except LightBagelError as err:  # run control, precision, data, checkpoints
         print(f"lightbagel-fit: {one_line(err)}", file=sys.stderr)
         return 2
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         print(f"nothing to train: {recipe.config.output_dir} is already at trainer.max_steps")
     else:
         print(f"done in {minutes:.1f} min; loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
-    print(f"model: {result.export_path}")
+    print(f"model: {result.export_path} (-> {result.export_path.resolve().relative_to(result.output_dir.resolve())})")
     if result.tracking_uri:
         print(f"mlflow: run {result.run_id}; open with `mlflow ui --backend-store-uri {result.tracking_uri}`, then "
               f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"

@@ -119,6 +119,15 @@ class AtomicCheckpoint(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.save(trainer)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A checkpoint at the step SIGTERM stopped at (SLURM preemption, `kill`): nothing since the
+        last scheduled one is lost. Lightning raises it on every rank at a step boundary, so the
+        collective save is safe; any other exception may have left the state half-updated."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
+
     def save(self, trainer: L.Trainer) -> Path:
         """Collective: every rank calls it. Returns the checkpoint's final path."""
         step = trainer.global_step
