@@ -316,7 +316,7 @@ def test_flat_params_and_yaml(tree: Path) -> None:
     recipe = load_recipe(tree / "recipes/base.yaml", [f"understanding.config.note={long}"])
     params = recipe.flat_params()
     assert params["trainer.max_steps"] == "20"
-    assert params["trainer.mlflow.experiment"] == "lightbagel"
+    assert params["trainer.mlflow.experiment"] == "None"  # the recipe family
     assert params["understanding.config.hidden"] == "8"
     assert params["output_dir"] == "out/base"
     assert len(params["understanding.config.note"]) == 500

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     print(f"model: {result.export_path} (-> {result.export_path.resolve().relative_to(result.output_dir.resolve())})")
     if result.tracking_uri:
         print(f"mlflow: run {result.run_id}; open with `mlflow ui --backend-store-uri {result.tracking_uri}`, then "
-              f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"
+              f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}/model-metrics"
               "?workflowType=machine_learning")
     return 0
 
