@@ -83,8 +83,9 @@ def readme(tmp_path_factory):
     try:
         for command in readme_commands():
             stamp = {p.name: p.stat().st_mtime_ns for p in (root / "outputs/tiny/checkpoints").glob("*")}
-            results[command] = {**_command(command, root, first_eval=not any("eval" in c for c in results)),
-                                "tiny_checkpoints_before": stamp}
+            key = command if command not in results else f"{command} #2"  # the README repeats one eval
+            results[key] = {**_command(command, root, first_eval=not any("eval" in c for c in results)),
+                            "tiny_checkpoints_before": stamp}
     finally:
         os.chdir(cwd)
     return root, results
@@ -117,7 +118,7 @@ def _run(argv: list[str], main=fit_cli.main) -> tuple[int, str, str]:
 
 def test_readme_commands_do_what_the_readme_says(readme):
     root, results = readme
-    assert list(results) == README_COMMANDS
+    assert [c.split(" #")[0] for c in results] == README_COMMANDS
     refused = "lightbagel-fit recipes/tiny.yaml optim.lr=3e-4"
     assert all(r["rc"] == 0 for c, r in results.items() if c != refused), results
     outputs = root / "outputs"

@@ -44,8 +44,11 @@ def export(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> int:
     if not ckpt.exists():
         raise CliError(f"{ckpt} not found; pass outputs/NAME/checkpoints/step-*.ckpt")
     from lightbagel.training.checkpoint_export import export_checkpoint
+    from lightbagel.training.export import write_info
 
     print(f"model: {export_checkpoint(ckpt, out_dir, trust_remote_code=trust_remote_code)}")
+    if ckpt.name.startswith("step-") and ckpt.name[5:13].isdigit():  # the export knows its step
+        write_info(out_dir, step=int(ckpt.name[5:13]), checkpoint=str(ckpt.resolve()))
     return 0
 
 

@@ -16,9 +16,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightbagel.progress import step_bar
 
 # Log records dropped where they are emitted: advice to install another product, which
-# accelerators exist (the banner says which one is used), and the loop's own "stopped" line
-# (the CLI says how the run ended).
-_NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:")
+# accelerators exist (the banner says which one is used), the loop's own "stopped" line (the CLI
+# says how the run ended) and its restore lines (the banner says which checkpoint it resumes).
+_NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:",
+          "Restoring states from the checkpoint", "Restored all states from the checkpoint")
 _DROPPED = {"lightning.pytorch.utilities.rank_zero": _NOISE, "lightning.fabric.utilities.rank_zero": _NOISE}
 _QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 

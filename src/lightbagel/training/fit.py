@@ -137,7 +137,8 @@ def _export(trainer, module, recipe: Recipe, out: Path, run_id: Optional[str], t
     """This fit's export, `exports/step-N`, and `export` pointed at it; an earlier fit's export is
     never rewritten (a rerun that trained nothing finds its step's export already there)."""
     version = version_dir(out, trainer.global_step)
-    if trained or not (version / "model.safetensors").is_file():
+    written = trainer.strategy.broadcast((version / "model.safetensors").is_file())  # rank 0's disk decides
+    if trained or not written:
         export_trained(trainer, module, recipe.to_yaml(), version)
     if trainer.is_global_zero:
         write_info(version, step=trainer.global_step, mlflow_run_id=run_id, recipe=str(recipe.path),
