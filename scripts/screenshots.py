@@ -121,7 +121,7 @@ def compare_shot(run_dirs: list[Path], out: Path) -> None:
     _shot(run_dirs[0], f"#/experiments/{runs[0].info.experiment_id}?{query}", out)
 
 
-def _wait_for_port(port: int, timeout: float = 120) -> None:
+def _wait_for_port(port: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:

@@ -124,3 +124,16 @@ def test_the_terminal_bar_counts_optimizer_steps(tmp_path):
     frames = stream.getvalue()
     assert "step 10/10" in frames and "Epoch" not in frames and "loss " in frames
     assert plain.line(97, 120, 0.26).startswith("step 97/120  loss 0.2600")
+
+
+def test_opening_a_runs_store_leaves_mlflow_tracking_uri_as_the_user_set_it(tmp_path, monkeypatch):
+    from lightbagel.recipe import load_recipe
+    from lightbagel.training.tracking import make_logger
+    from tests.conftest import TINY
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path / 'run'}"])
+    logger = make_logger(recipe, tmp_path / "run", None, "run")
+    assert logger.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"  # the project store beside it
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # else the next fit in this process would log here
+    logger.finalize("success")
