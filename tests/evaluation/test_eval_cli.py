@@ -52,7 +52,7 @@ def test_vqa_is_skipped_with_a_note_when_the_vlm_was_never_trained(tiny_export, 
 
 def test_each_eval_gets_a_folder_named_by_step_and_changed_settings(tmp_path):
     from lightbagel.cli.eval import eval_dir, eval_name, parse_args
-    from lightbagel.training.export import point_export, version_dir, write_info
+    from lightbagel.model_folder import point_export, version_dir, write_info
 
     version = version_dir(tmp_path / "run", 1500)
     write_info(version, step=1500)

@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from lightbagel.model_folder import atomic_write, export_info, point_export, run_folder, version_dir, write_info
+from lightbagel.runs.folder import LOCK, RunError, folder_lock
 from lightbagel.training.checkpointing import AtomicCheckpoint, complete_checkpoints
 from lightbagel.training.console import PlainProgress, StepBar, silence_noise
-from lightbagel.training.export import atomic_write, export_info, point_export, run_folder, version_dir, write_info
-from lightbagel.training.runs import LOCK, RunError, folder_lock
 
 
 def _version(out, step: int):
@@ -128,7 +128,7 @@ def test_the_terminal_bar_counts_optimizer_steps(tmp_path):
 
 def test_opening_a_runs_store_leaves_mlflow_tracking_uri_as_the_user_set_it(tmp_path, monkeypatch):
     from lightbagel.recipe import load_recipe
-    from lightbagel.training.tracking import make_logger
+    from lightbagel.runs.tracking import make_logger
     from tests.conftest import TINY
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

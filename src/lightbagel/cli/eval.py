@@ -86,7 +86,7 @@ def changed_settings(args) -> dict:
 
 def eval_name(args) -> str:
     """`step-1500` (the export's step) plus each changed setting: `step-1500 seed=1 per-category=8`."""
-    from lightbagel.training.export import export_info
+    from lightbagel.model_folder import export_info
 
     step = export_info(Path(args.model)).get("step")
     head = f"step-{step}" if isinstance(step, int) else Path(args.model).resolve().name
@@ -97,7 +97,7 @@ def eval_name(args) -> str:
 
 def eval_dir(args) -> Path:
     """`--out`, else a folder of this eval's own under the run's `eval/`, numbered if that name is taken."""
-    from lightbagel.training.export import run_folder
+    from lightbagel.model_folder import run_folder
 
     if args.out:
         return Path(args.out)
@@ -109,7 +109,7 @@ def eval_dir(args) -> Path:
 
 
 def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
-    from lightbagel.data import shapes
+    from lightbagel import shapes
     from lightbagel.evaluation.synthetic import EDIT, evaluate_synthetic
 
     report = evaluate_synthetic(pipe, args.per_category, seed=args.seed, config=cfg, batch_size=args.batch_size,
@@ -185,7 +185,7 @@ def compare(args) -> int:
 
     root = Path(args.out) if args.out else Path("outputs/compare")
     rows = {}
-    from lightbagel.training.export import run_folder
+    from lightbagel.model_folder import run_folder
 
     for model in args.models:
         name = run_folder(Path(model)).name
@@ -249,7 +249,7 @@ def _write(out: Path, args, samplers: dict, metrics: dict, sections: list[str], 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(text)
     if args.mlflow_uri != "none":
-        from lightbagel.training.tracking import training_run
+        from lightbagel.runs.tracking import training_run
 
         trained = None if args.mlflow_uri else training_run(Path(args.model), store)
         uri = trained[0] if trained else args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"

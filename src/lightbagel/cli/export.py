@@ -34,17 +34,17 @@ def main(argv=None) -> int:
 
 
 def export(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> int:
-    from lightbagel.training.checkpointing import newest_loadable
+    from lightbagel.training.checkpointing import META, newest_loadable
 
-    if ckpt.is_dir() and not (ckpt / "meta.pt").is_file():  # a checkpoints/ directory: its newest readable one
+    if ckpt.is_dir() and not (ckpt / META).is_file():  # a checkpoints/ directory: its newest readable one
         newest = newest_loadable(ckpt)
         if newest is None:
             raise CliError(f"no readable step-*.ckpt checkpoint in {ckpt}")
         ckpt = newest
     if not ckpt.exists():
         raise CliError(f"{ckpt} not found; pass outputs/NAME/checkpoints/step-*.ckpt")
+    from lightbagel.model_folder import write_info
     from lightbagel.training.checkpoint_export import export_checkpoint
-    from lightbagel.training.export import write_info
 
     print(f"model: {export_checkpoint(ckpt, out_dir, trust_remote_code=trust_remote_code)}")
     if ckpt.name.startswith("step-") and ckpt.name[5:13].isdigit():  # the export knows its step

@@ -18,14 +18,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lightbagel.backbones.understanding.base import EncodedPrompt
-from lightbagel.data.buckets import ResolutionPolicy, vae_multiple_of
+from lightbagel.data.buckets import ResolutionPolicy
 from lightbagel.data.collate import image_to_tensor, tensor_to_image
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.inference.sampler import Conditioning, SamplerConfig, sample
 from lightbagel.model import LightBagel
-from lightbagel.precision import apply_precision, dtype_named, inference_plan, training_plan
+from lightbagel.model_folder import RECIPE, export_model, load_exported, resolved_recipe, understanding_trained
+from lightbagel.precision import apply_precision, dtype_named, inference_plan, precision_of
 from lightbagel.recipe.schema import RecipeConfig
-from lightbagel.training.export import RECIPE, export_model, load_exported, resolved_recipe, understanding_trained
 
 log = logging.getLogger(__name__)
 RANDOM_VLM = ("this model's VLM ({card}) is random and was never trained, so its answers are noise; "
@@ -57,7 +57,7 @@ class LightBagelPipeline:
                  understanding_trained: Optional[bool] = None):
         self.model = model.to(device).eval()
         self.recipe, self.device = recipe, torch.device(device)
-        # Whether the VLM ever learned anything (training/export.py `understanding_trained`).
+        # Whether the VLM ever learned anything (model_folder.py `understanding_trained`).
         self.understanding_trained = (not recipe.understanding_is_random() if understanding_trained is None
                                       else understanding_trained)
         self._warned = False
@@ -70,7 +70,7 @@ class LightBagelPipeline:
         `dtype` (a precision.DTYPES name) is what every weight computes in, but the fp32 list of
         precision.py (VAE, rotary tables, timestep path); default: the training compute dtype.
         The folder's recipe may not turn on code loading; only `trust_remote_code=True` here may
-        (training/export.py).
+        (model_folder.py).
         """
         directory = Path(directory)
         if not (directory / RECIPE).is_file():
@@ -78,8 +78,8 @@ class LightBagelPipeline:
                                     f"(e.g. outputs/tiny/export)")
         recipe = resolved_recipe(directory / RECIPE)
         model = load_exported(directory, device=device, trust_remote_code=trust_remote_code)
-        compute = dtype_named(dtype, "--dtype") if dtype is not None else training_plan(recipe).precision.compute
-        return cls(apply_precision(model, inference_plan(recipe, compute)), recipe, device,
+        compute = dtype_named(dtype, "--dtype") if dtype is not None else precision_of(recipe.trainer).compute
+        return cls(apply_precision(model, inference_plan(model, compute)), recipe, device,
                    understanding_trained(directory, recipe))
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -95,7 +95,7 @@ class LightBagelPipeline:
     def policy(self) -> ResolutionPolicy:
         """The recipe's training resolution rules, which size edit sources here too."""
         res = self.recipe.data.resolution
-        return ResolutionPolicy(res, res.vae_multiple or vae_multiple_of(self.model.gen))
+        return ResolutionPolicy(res, res.vae_multiple or self.model.gen.vae_multiple)
 
     def default_config(self, task: str = "t2i", **overrides) -> SamplerConfig:
         """BAGEL's sampler settings for `task` ("t2i" or "edit"; docs/inference.md), with the training shift."""

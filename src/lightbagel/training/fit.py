@@ -5,32 +5,31 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from omegaconf import OmegaConf
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import Collator
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
 from lightbagel.inference.guidance import TASK_DEFAULTS
+from lightbagel.model_folder import EXPORT, point_export, version_dir, write_info
 from lightbagel.recipe import Recipe
+from lightbagel.runs.folder import check_resume, folder_lock, is_rank_zero, write_record
+from lightbagel.runs.tracking import ActiveTime, make_logger
 from lightbagel.threads import apply_threads
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.console import PlainProgress, StepBar, banner, checkpoint_every, interactive, silence_noise
-from lightbagel.training.export import point_export, version_dir, write_info
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
-from lightbagel.training.runs import check_resume, folder_lock, is_rank_zero, write_record
-from lightbagel.training.stages import load_parts, run_pretrain
+from lightbagel.training.stages import is_complete, load_parts, stage_recipe
 from lightbagel.training.strategy import is_sharded, make_strategy
-from lightbagel.training.tracking import ActiveTime, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +72,31 @@ def token_counter(model):
 
 def fit(recipe: Recipe, run_name: Optional[str] = None, threads: Optional[int] = None) -> FitResult:
     """Trains `recipe` into its output folder, resuming the run there when the recipe matches it
-    (training/runs.py); `run_name` names a new MLflow run (default: the recipe's name); `threads`
-    is the command's --threads (lightbagel/threads.py)."""
+    (runs/folder.py); `run_name` names a new MLflow run (default: the recipe's name); `threads` is the
+    command's --threads (lightbagel/threads.py). A recipe with a pretrain stage (training/stages.py)
+    has the stage trained first, before its own model is built."""
     silence_noise()
     apply_threads(threads, recipe.config.trainer.num_threads)
+    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     out = Path(recipe.config.output_dir)
     with folder_lock(out):
-        return _fit(recipe, out, run_name)
+        return _fit(recipe, out, run_name, stage)
+
+
+def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional[Path]:
+    """Trains the recipe's pretrain stage unless its export is already there; returns that export."""
+    stage = stage_recipe(recipe)
+    if stage is None:
+        return None
+    export = Path(stage.config.output_dir) / EXPORT
+    if is_complete(export, stage):
+        say(f"pretrain: reusing {export} (a finished run of {stage.path.name}); delete it to retrain")
+        return export
+    say(f"pretrain: no finished run of {stage.path.name} at {export}; training it first (once)")
+    fit(stage)
+    parts = ", ".join(recipe.config.pretrain.parts)
+    say(f"pretrain: {stage.path.name} done; {recipe.config.name} starts from its {parts}")
+    return export
 
 
 def resume_point(dirpath: Path, tr) -> Optional[Path]:
@@ -93,20 +110,19 @@ def resume_point(dirpath: Path, tr) -> Optional[Path]:
     return last
 
 
-def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
+def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Path]) -> FitResult:
     cfg = recipe.config
     last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
     plain = OmegaConf.to_container(recipe.resolved)
     record = check_resume(out, plain, last is not None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LightBagelModule(cfg)
-    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     if stage is not None:
         load_parts(module.model, stage, list(cfg.pretrain.parts))
     processor = module.model.und.processor
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
-                             vae_multiple=vae_multiple_of(gen),
+                             vae_multiple=gen.vae_multiple,
                              batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
     if is_rank_zero():
@@ -128,7 +144,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     export = _export(trainer, module, recipe, out, run_id, trained=bool(history.losses))
     if logger is not None and history.losses:
         logger.experiment.log_artifacts(logger.run_id, str(export), f"exports/{export.name}")
-    return FitResult(out, out / "export", run_id, uri,
+    return FitResult(out, out / EXPORT, run_id, uri,
                      history.losses[0] if history.losses else None,
                      history.losses[-1] if history.losses else None, getattr(logger, "experiment_id", None))
 

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from lightbagel import flow_matching as fm
 from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
+from lightbagel.model_folder import WEIGHTS, check_weights, read_weights
 from lightbagel.packing import LAYOUTS, layout_tokens
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
-from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
-from lightbagel.training.export import WEIGHTS, check_weights, read_weights
 from lightbagel.training.flops import stream_weights, train_flops
 from lightbagel.training.lora import add_lora
 from lightbagel.training.randomness import draw, sample_seeds
@@ -44,7 +44,7 @@ class LightBagelModule(L.LightningModule):
             load_init(self.model, recipe.init_from)
         if recipe.trainer.lora.enabled:
             add_lora(self.model, recipe.trainer.lora)
-        self.precision = training_plan(recipe)
+        self.precision = training_plan(recipe.trainer, self.model)
         refuse_bf16_masters(self.model, self.precision, recipe.trainer)
         self.ema: Optional[EMAWeights] = None
         self.nonfinite_total = self.nonfinite_streak = 0
@@ -57,9 +57,9 @@ class LightBagelModule(L.LightningModule):
         if self._configured:  # Lightning may call it again (e.g. validate after fit)
             return
         tr = self.recipe.trainer
-        units = model_units(self.model, self.recipe.understanding.adapter, self.recipe.generation.adapter)
+        units = model_units(self.model)
         self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
-        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
         apply_precision(self.model, self.precision)
         parallelize(self.model, units, shard_plan(tr, self.precision), mesh)
         if tr.ema.enabled:

@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import LatentCodec
+from lightbagel.backbones.loading import load_diffusers_model
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import VAEConfig
-from lightbagel.registry import VAE
 
 
 class PixelAutoencoder(LatentCodec):
@@ -56,11 +55,9 @@ class WanVAE(LatentCodec):
         return frames[:, :, 0].float().clamp(-1, 1)
 
 
-@VAE.register("pixel")
 def build_pixel_autoencoder(cfg: VAEConfig) -> PixelAutoencoder:
     return PixelAutoencoder(**dict(cfg.config))
 
 
-@VAE.register("wan_vae")
 def build_wan_vae(cfg: VAEConfig) -> WanVAE:
     return WanVAE(load_diffusers_model(AutoencoderKLWan, cfg))

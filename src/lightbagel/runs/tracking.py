@@ -18,7 +18,7 @@ from typing import Optional
 
 import lightning as L
 
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -103,7 +103,7 @@ def reopen(client, run_id: Optional[str]) -> Optional[str]:
 
 
 class RunLogger(BackgroundMLFlowLogger):
-    """The run's MLflow logger: metrics written off the training thread (training/mlflow_logger.py), and an
+    """The run's MLflow logger: metrics written off the training thread (runs/mlflow_logger.py), and an
     end status that says how a run stopped: Ctrl-C or SIGTERM is KILLED, not FAILED."""
 
     @property
@@ -152,7 +152,7 @@ def make_logger(recipe, out: Path, run_id: Optional[str], run_name: Optional[str
     """The run's logger: `run_id` continued when the store holds it, else a new run named `run_name`."""
     from mlflow import MlflowClient
 
-    from lightbagel.training.runs import is_rank_zero
+    from lightbagel.runs.folder import is_rank_zero
 
     cfg = recipe.config.trainer.mlflow
     if not cfg.enabled:
@@ -196,8 +196,8 @@ def _user_env():
 def training_run(model_dir: Path, configured: Optional[str] = None) -> Optional[tuple[str, str, str]]:
     """(tracking URI, experiment id, run id) of the run that trained an export, from its output
     folder's record; `configured` is the export recipe's `trainer.mlflow.tracking_uri`."""
-    from lightbagel.training.export import run_folder
-    from lightbagel.training.runs import read_record
+    from lightbagel.model_folder import run_folder
+    from lightbagel.runs.folder import read_record
 
     out = run_folder(model_dir)
     record = read_record(out)

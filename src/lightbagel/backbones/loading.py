@@ -34,7 +34,7 @@ def _normal(value):
 def load_diffusers_model(model_cls, cfg: Any, dtype=None):
     """A diffusers model from a card (DiT or VAE): random from `config` (fp32; the precision plan
     casts it later, so fp32-kept tables are never rounded), or `from_pretrained` (safetensors
-    only) in `dtype` (precision.PrecisionPlan.read_dtype) with the card's shipped config checked
+    only) in `dtype` (precision.Precision.read_dtype) with the card's shipped config checked
     against the checkpoint's."""
     if not reads_checkpoint(cfg):
         return model_cls(**dict(cfg.config))

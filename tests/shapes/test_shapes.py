@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightbagel.data import questions, shapes
-from lightbagel.data.shapes import (
+from lightbagel import shapes
+from lightbagel.shapes import (
     BACKGROUND,
     COLORS,
     Scene,
     ShapeObject,
     caption,
     detect,
+    questions,
     render,
     sample_edit,
     sample_scene,
