@@ -17,7 +17,7 @@ from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import OrderMask, causal_order_mask
 from lightbagel.fusion.prefix import PrefixMask
 from lightbagel.inputs import GenInputs, UndInputs
-from lightbagel.packing import PackedInputs
+from lightbagel.packing import PackedInputs, PackedRow
 from lightbagel.precision import precision_of
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
@@ -81,12 +81,13 @@ class LightBagel(nn.Module):
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
 
-    def forward_packed(self, packed: PackedInputs) -> FusedOutput:
-        """`forward` over a packed row (packing.py): (1, N, D_und) und states and (1, Lg, p * C) velocity."""
-        h_und, rope_und = packed.gather_und(*self.und.embed(packed.und), self.und)
-        h_gen, rope_gen, cond = self.gen.embed(packed.gen)
-        masks = packed.masks(h_gen.shape[1] // packed.gen.valid.shape[1], self.attention)
-        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, packed.gen, keep_kv=False)[0]
+    def forward_packed(self, packed: PackedInputs | PackedRow) -> FusedOutput:
+        """`forward` over a packed row (packing.py): (1, N, D_und) und states and (1, Lg, p * C)
+        velocity; a `PackedRow` joins parts of several image sizes."""
+        row = packed if isinstance(packed, PackedRow) else PackedRow([packed])
+        h_und, rope_und, h_gen, rope_gen, cond, per_slot = row.embed(self.und, self.gen)
+        masks = row.masks(per_slot, self.attention)
+        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, row.gen_parts(per_slot), keep_kv=False)[0]
 
     def _run(self, und: UndInputs, gen: GenInputs, keep_kv: bool) -> tuple[FusedOutput, list]:
         h_und, rope_und = self.und.embed(und)
@@ -101,7 +102,7 @@ class LightBagel(nn.Module):
             source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
         return out, (kv, source)
 
-    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, gen: GenInputs,
+    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, gen: GenInputs | list,
                keep_kv: bool) -> tuple[FusedOutput, list]:
         """Every VLM, DiT and fusion block in lockstep; with `keep_kv` the und K/V of each fusion block."""
         joint, und_mask, gen_mask = masks
@@ -176,10 +177,13 @@ class LightBagel(nn.Module):
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
         return self._velocity(self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond), gen)
 
-    def _velocity(self, out: torch.Tensor, gen: GenInputs) -> torch.Tensor:
+    def _velocity(self, out: torch.Tensor, gen: GenInputs | list) -> torch.Tensor:
         """The head's output (B, Lg, p * C) read as a velocity, per `objective.prediction`."""
         if self.prediction == "velocity":  # as is: no patchified copy of the latents per forward
             return out
+        if isinstance(gen, list):  # a packed row's parts, (tokens, GenInputs) each: read part by part
+            pieces = out.split([n for n, _ in gen], dim=1)
+            return torch.cat([self._velocity(o, part) for o, (_, part) in zip(pieces, gen)], dim=1)
         per_slot = out.shape[1] // gen.timesteps.shape[1]
         t = gen.timesteps.repeat_interleave(per_slot, dim=1)[..., None]
         return PREDICTIONS[self.prediction](out, self.gen.patchify(gen.latents).type_as(out), t.to(out.dtype))

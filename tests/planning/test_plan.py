@@ -123,3 +123,24 @@ def test_plan_counts_real_and_padded_tokens_of_the_data_pipeline(tmp_path):
     assert (sample.batches, sample.samples, sample.real, sample.padded) == (3, sum(map(len, batches)), real, padded)
     assert sample.padded_fraction < 0.9 and 0.5 < sample.budget_fill <= 1.0
     assert f"padded rows {sample.padded_fraction:.1%}" in format_plan(plan)
+
+
+def test_plan_prints_flops_against_the_ideal_and_the_cost_of_und_writeback():
+    """The paper's recipe (frozen VLM, und_writeback true): the VLM's input gradients and the
+    recompute are the overhead; flipped to false the VLM runs forward only, so without
+    checkpointing the step computes exactly the ideal."""
+    from lightbagel.planning import format_plan
+    from lightbagel.planning.report import ideal_flops
+    from lightbagel.recipe import load_recipe
+
+    plan = make_plan(load_recipe(RECIPES / "lightbagel_7b_5b.yaml").config, gpus=8, nodes=1, seq_len=16384,
+                     progress=False)
+    flipped, other = plan.writeback
+    assert flipped is False
+    ideal = ideal_flops(plan, plan.flops)
+    assert ideal_flops(plan, other) < ideal  # the und-side fusion projections are gone too
+    assert sum(r.model for r in other) == ideal_flops(plan, other)
+    assert sum(r.model for r in plan.flops) > 1.1 * ideal
+    text = format_plan(plan)
+    assert "fusion.und_writeback true (this recipe)" in text and "; false: " in text
+    assert f"{sum(r.with_checkpointing for r in plan.flops) / ideal:.2f}x with it" in text

@@ -270,5 +270,6 @@ def test_a_killed_run_is_marked_and_resumed_into_the_same_mlflow_run(tmp_path):
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss/train")]
     assert max(steps) >= stopped_at + 1
+    assert len(steps) == len(set(steps)), sorted(steps)  # the stop step was saved: nothing logged twice
     # Training time adds up over the resume (MLflow's own duration would span the pause too).
     assert resumed.data.metrics["time/train_seconds"] > trained_before

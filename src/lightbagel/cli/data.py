@@ -64,8 +64,12 @@ def convert(args) -> int:
     else:
         samples = edit_samples(args.jsonl)
     prefix = args.prefix or ("t2i" if args.command == "images" else "edit")
-    shards = write_shards(materialise(samples), args.out, prefix, args.per_shard, len(samples))
-    print(f"wrote {len(samples)} samples in {len(shards)} shards: {args.out}/{prefix}-*.tar")
+    left_out: list[str] = []
+    shards = write_shards(materialise(samples, left_out), args.out, prefix, args.per_shard, len(samples))
+    if left_out:
+        print(f"lightbagel-data: left out {len(left_out)} sample(s) whose image is not a readable image, "
+              f"first {left_out[0]}", file=sys.stderr)
+    print(f"wrote {len(samples) - len(left_out)} samples in {len(shards)} shards: {args.out}/{prefix}-*.tar")
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lightbagel.cli.common import Parser, add_threads_flag, recipe_or_none, with_overrides
+from lightbagel.cli.common import Parser, add_threads_flag, at_boundary, recipe_or_none, with_overrides
 from lightbagel.recipe import Recipe
 
 DEFAULT_RECIPE = "tiny"  # ./recipes/tiny.yaml in a checkout, else the shipped one
@@ -62,17 +62,17 @@ def main(argv=None) -> int:
     if args.print_recipe:
         print(recipe.to_yaml())
         return 0
+    return at_boundary("lightbagel-fit", lambda: train(recipe, args.overrides, args.threads))
+
+
+def train(recipe: Recipe, overrides: list[str], threads: int | None = None) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lightbagel.errors import LightBagelError, one_line
     from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
 
     start = time.perf_counter()
     try:
-        result = fit(recipe, run_name(recipe, args.overrides), threads=args.threads)
-    except LightBagelError as err:  # run control, precision, data, checkpoints
-        print(f"lightbagel-fit: {one_line(err)}", file=sys.stderr)
-        return 2
+        result = fit(recipe, run_name(recipe, overrides), threads=threads)
     except SIGTERMException:  # Lightning stops the loop at a step boundary; MLflow has the run as KILLED
         print(f"lightbagel-fit: stopped by SIGTERM; rerun the same command to resume from the newest checkpoint "
               f"in {recipe.config.output_dir}/checkpoints", file=sys.stderr)

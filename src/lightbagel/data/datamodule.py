@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from lightbagel.backbones.understanding.base import UndProcessor
 from lightbagel.data.buckets import ResolutionPolicy
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import Collator, TrainBatch
+from lightbagel.data.collate import Collator, MixedBatch, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
 from lightbagel.data.prefetch import Prefetcher
@@ -114,6 +114,7 @@ class MixtureDataModule(L.LightningDataModule):
             collator=Collator(self.processor, cfg.vit_image_size),
             batch_size=cfg.batch_size, token_budget=cfg.packing.token_budget,
             max_wait=cfg.packing.max_wait, block_size=max(1, cfg.shuffle_buffer), seed=cfg.seed, tasks=self.tasks,
+            max_tokens=cfg.packing.max_tokens, mix_sizes=cfg.packing.layout == "packed",
             rank=rank, world_size=world, batches_per_step=self.batches_per_step,
             consumed=self.consumed, roles=dict(self.roles),
         )
@@ -138,7 +139,7 @@ class MixtureDataModule(L.LightningDataModule):
             self._prefetchers.pop().close()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, (TrainBatch, ChatBatch)) and batch.data_state is not None:
+        if isinstance(batch, (TrainBatch, MixedBatch, ChatBatch)) and batch.data_state is not None:
             self.record(batch.data_state)
         return batch
 

@@ -155,6 +155,8 @@ class LightBagelPipeline:
         """Prompt tokens (sources' ViT copies, then the text) and clean source latents of one
         same-size batch; the VAE split's order comes from the prompt (`fusion.edit_layout`)."""
         proc = self.model.und.processor
+        for i, job in enumerate(jobs, 1):
+            proc.check_text(job.prompt, f"prompt {i}")
         encoded: list[EncodedPrompt] = [proc.prompt(j.prompt, j.vit) for j in jobs]
         und = proc.collate(encoded).to(self.device)
         k = max(len(j.vae) for j in jobs)
@@ -187,6 +189,7 @@ class LightBagelPipeline:
         """The answer's token ids (greedy; transformers' `generate` on the VLM), up to the end of
         the turn. With `chat_template` (and a tokenizer that has one) the question is a user turn."""
         proc = self.model.und.processor
+        proc.check_text(question, "the question")
         vits = [self.policy.vit_pixels(image) for image in images]
         prompt = proc.chat(question, vits) if chat_template else proc.encode([*vits, question])
         und = proc.collate([prompt]).to(self.device)

@@ -13,6 +13,7 @@ and fusion attention are kept from the first step, and later steps run the targe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence
 
@@ -44,6 +45,11 @@ class SamplerConfig:
     use_cache: bool = True
 
     def __post_init__(self) -> None:
+        scalars = {"shift": self.shift, "text_guidance": self.text_guidance, "image_guidance": self.image_guidance,
+                   "renorm_min": self.renorm_min}
+        for name, value in scalars.items():  # inf or nan guidance turns every image black
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.shift <= 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from tqdm.auto import tqdm
@@ -29,6 +29,8 @@ class Plan:
     nodes: int
     gpus: int
     packing: Optional[PackingSample] = None  # a measured sample of the data pipeline, when asked for
+    # The same sequence with fusion.und_writeback flipped: what the paper's write-back costs.
+    writeback: Optional[tuple[bool, list[PartFlops]]] = None
 
 
 def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_tokens: int = 128,
@@ -56,8 +58,18 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         steps.update()
     parts = model_parts(model)
     flops = sequence_flops(model, workload)
+    writeback = _flipped_writeback(recipe, workload)
     steps.update()
     steps.close()
     memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
     packing = sample_packing(recipe, model, data_sample) if data_sample > 0 else None
-    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing)
+    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing, writeback)
+
+
+def _flipped_writeback(recipe: RecipeConfig, workload: Workload) -> Optional[tuple[bool, list[PartFlops]]]:
+    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses)."""
+    if recipe.fusion.block == "none":
+        return None
+    flipped = replace(recipe, fusion=replace(recipe.fusion, und_writeback=not recipe.fusion.und_writeback))
+    model = apply_precision(build_skeleton(flipped), inference_plan(flipped, training_plan(flipped).precision.compute))
+    return flipped.fusion.und_writeback, sequence_flops(model, workload)

@@ -6,6 +6,8 @@ or a wrong type is rejected before anything is built.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import (
     Any,
@@ -36,8 +38,15 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 Range = Tuple[str, Callable[[Any], bool]]  # (the range as the error message shows it, the test)
 _UNIT: Range = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 _UNIT_OPEN: Range = ("in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_POSITIVE: Range = ("> 0", lambda v: v > 0)
-_NON_NEGATIVE: Range = (">= 0", lambda v: v >= 0)
+_POSITIVE: Range = ("> 0", lambda v: 0 < v < math.inf)  # nan and inf fail too
+_NON_NEGATIVE: Range = (">= 0", lambda v: 0 <= v < math.inf)
+# An image side the previews and the shapes world can render (4096^2 RGB is 50 MB a float image;
+# 100000 would be ~30 GB per preview).
+_IMAGE_SIDE: Range = ("in [1, 4096]", lambda v: 1 <= v <= 4096)
+# `name` is one folder under outputs/ (output_dir: outputs/${name}): no separator, no "..", short
+# enough for every file system (255 bytes per name, less the suffixes --fresh adds).
+_FOLDER_NAME: Range = ("a folder name of at most 100 letters, digits, '.', '_' or '-', not starting with '.'",
+                       lambda v: re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", str(v)) is not None)
 
 
 def _ranged(rng: Range) -> Callable[..., Any]:
@@ -51,6 +60,7 @@ def _ranged(rng: Range) -> Callable[..., Any]:
 
 
 positive, non_negative, unit, unit_open = map(_ranged, (_POSITIVE, _NON_NEGATIVE, _UNIT, _UNIT_OPEN))
+image_side, folder_name = map(_ranged, (_IMAGE_SIDE, _FOLDER_NAME))
 
 
 def one_of(*choices: str, default: Optional[str] = None) -> Any:
@@ -115,7 +125,7 @@ class GenerationConfig:
     num_train_timesteps: int = positive(1000)
     # Wan's rotary base (None: the model's own, 10000). Only for a DiT trained from scratch on a
     # small token grid: at 10000 most rotary frequencies barely turn across 8 tokens (docs/tiny.md).
-    rope_theta: Optional[float] = None
+    rope_theta: Optional[float] = positive(None)
 
 
 @dataclass
@@ -183,10 +193,14 @@ class ResolutionConfig:
 
 @dataclass
 class PackingConfig:
-    """Token budget per batch: a batch holds same-size images up to this many tokens."""
+    """Token budget per batch (data/buckets.py): a packed row holds images of every size, a padded
+    batch same-size images, until they hold this many tokens."""
 
     # None: fixed `batch_size` samples per batch; otherwise `batch_size` is the cap.
     token_budget: Optional[int] = positive(None)
+    # A row is sent once it holds `token_budget` tokens; a sample that would take it past this
+    # many waits for the next row (BAGEL's max_num_tokens; None: the budget is also the cap).
+    max_tokens: Optional[int] = positive(None)
     # A sample waiting longer than this many draws for its bucket to fill is sent in a short batch.
     max_wait: int = positive(256)
     # How a batch runs through the model (docs/data.md): "packed" puts every sample's real tokens in
@@ -202,14 +216,14 @@ class DataConfig:
     source: str = one_of("shapes", "webdataset")
     root: str = "data/shapes"
     num_samples: int = positive(4000)
-    image_size: int = positive(32)
+    image_size: int = image_side(32)
     task_weights: Dict[str, float] = field(default_factory=lambda: {"t2i": 0.7, "edit": 0.3})
     seed: int = 0
     batch_size: int = positive(16)
     num_workers: int = non_negative(0)
     shuffle_buffer: int = non_negative(1000)
     # ViT side of an edit source image: its short side in pixels.
-    vit_image_size: int = positive(32)
+    vit_image_size: int = image_side(32)
     # Mixture (docs/data.md). With source "shapes" and no `sources`, the generated shapes shards
     # under `root` are the one source.
     sources: List[SourceConfig] = field(default_factory=list)
@@ -316,8 +330,14 @@ class ObjectiveConfig:
     # (next-token cross-entropy on the answer tokens of `und` samples, VLM alone) trains the VLM,
     # so it needs `understanding.freeze: false`. 0 turns an objective off and its samples are
     # skipped: und_weight 0 is the paper's run (frozen VLM), flow_weight 0 is VLM pre-training.
-    flow_weight: float = 1.0
-    und_weight: float = 0.0
+    flow_weight: float = non_negative(1.0)
+    und_weight: float = non_negative(0.0)
+    # The VAE objective (tower pre-training, recipes/pretrain/tiny_vae.yaml): L1 reconstruction of
+    # the batch's images through the generation codec plus `vae_kl_weight` x the KL of its
+    # posterior to N(0, 1) (mean per latent value), as latent-diffusion VAEs are trained; it needs
+    # `generation.vae.freeze: false`. 0 (every other recipe) keeps the codec as loaded.
+    vae_weight: float = non_negative(0.0)
+    vae_kl_weight: float = non_negative(1.0e-4)
 
 
 @dataclass
@@ -330,7 +350,7 @@ class OptimConfig:
     # After warmup: "constant" (the paper) or "cosine" down to min_lr_ratio x lr at trainer.max_steps
     # (short runs such as the tiny default end better on a decayed rate).
     schedule: str = one_of("constant", "cosine")
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = unit(0.1)
 
 
 @dataclass
@@ -346,7 +366,7 @@ class PretrainConfig:
 
 @dataclass
 class RecipeConfig:
-    name: str = "lightbagel"
+    name: str = folder_name("lightbagel")
     seed: int = 0
     output_dir: str = "outputs/${name}"
     # A `lightbagel-fit` export directory whose weights initialise the model (fine-tuning).

@@ -53,8 +53,8 @@ def export_module(module, out_dir: Path) -> Path:
     if module.ema is not None:
         averaged = copy.deepcopy(module.model)
         module.ema.copy_to(averaged)
-        export_lightbagel(averaged, module.recipe, out_dir / "ema")
-    return export_lightbagel(module.model, module.recipe, out_dir)
+        export_lightbagel(averaged, module.trained_recipe(), out_dir / "ema")
+    return export_lightbagel(module.model, module.trained_recipe(), out_dir)
 
 
 def export_trained(trainer, module, recipe_yaml: str, out_dir: Path) -> Path:

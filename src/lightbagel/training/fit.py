@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from omegaconf import OmegaConf
 
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import Collator
+from lightbagel.data.collate import Collator, size_groups
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
@@ -24,7 +24,7 @@ from lightbagel.runs.tracking import ActiveTime, make_logger
 from lightbagel.threads import apply_threads
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
-from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
+from lightbagel.training.checkpointing import AtomicCheckpoint, checkpoint_recipe, newest_loadable
 from lightbagel.training.console import PlainProgress, StepBar, banner, checkpoint_every, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
@@ -63,6 +63,9 @@ def token_counter(model):
     def count(batch) -> int:
         if isinstance(batch, ChatBatch):  # an und batch: the VLM's tokens only
             return int(batch.und.attention_mask.sum())
+        return sum(_group_tokens(group) for group in size_groups(batch))
+
+    def _group_tokens(batch) -> int:
         h, w = batch.target.shape[-2:]
         per_image = model.gen.tokens_per_slot(h // factor, w // factor)
         return int(batch.und.attention_mask.sum()) + per_image * (len(batch) + int(batch.has_source.sum()))
@@ -114,7 +117,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Pat
     cfg = recipe.config
     last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
     plain = OmegaConf.to_container(recipe.resolved)
-    record = check_resume(out, plain, last is not None)
+    record = check_resume(out, plain, last is not None, checkpoint_recipe(last) if last is not None else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LightBagelModule(cfg)
     if stage is not None:

@@ -25,6 +25,12 @@ class LatentCodec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The VAE objective's view (objective.vae_weight): images decoded from a posterior sample,
+        the KL of the posterior to N(0, 1) as a mean per latent value, and the raw (unnormalised)
+        posterior mean (N, C, h, w). A codec with nothing to learn has no such view."""
+        raise NotImplementedError(f"{type(self).__name__} has no posterior to train")
+
 
 class GenerationAdapter(nn.Module):
     """A DiT seen block by block, plus its codec.

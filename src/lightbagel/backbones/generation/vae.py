@@ -54,6 +54,13 @@ class WanVAE(LatentCodec):
             frames = self.vae.decode((latents.float() * self.std + self.mean).unsqueeze(2).to(self.vae.dtype)).sample
         return frames[:, :, 0].float().clamp(-1, 1)
 
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with fp32_region(images.device):
+            posterior = self.vae.encode(images.unsqueeze(2).to(self.vae.dtype)).latent_dist
+            decoded = self.vae.decode(posterior.sample()).sample[:, :, 0].float()
+            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).float().mean()
+        return decoded, kl, posterior.mean[:, :, 0].float()
+
 
 def build_pixel_autoencoder(cfg: VAEConfig) -> PixelAutoencoder:
     return PixelAutoencoder(**dict(cfg.config))

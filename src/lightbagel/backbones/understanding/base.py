@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -47,6 +47,25 @@ class UndProcessor:
     turn_start, turn_end = "<|im_start|>", "<|im_end|>"
     # "vae_first" (BAGEL's order) or "vit_first": set from the recipe's `fusion.edit_layout`.
     edit_layout: str = "vae_first"
+    # The most tokens one text may hold: the VLM's position limit, or the tokenizer's if lower
+    # (set by the adapter); None: unbounded.
+    max_tokens: Optional[int] = None
+
+    def too_long(self, text: str, limit: Optional[int] = None) -> bool:
+        """Whether `text` has more tokens than `limit` (and than `max_tokens`). Cheap for short
+        texts: no tokenizer yields more tokens than UTF-8 bytes; a long one is counted with
+        truncation on, so the tokenizer neither warns nor keeps more than limit + 1 ids."""
+        limit = min(x for x in (limit, self.max_tokens, 1 << 62) if x is not None)
+        if len(text.encode()) <= limit:
+            return False
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=limit + 1)["input_ids"]
+        return len(ids) > limit
+
+    def check_text(self, text: str, what: str) -> None:
+        """A prompt or question the model cannot read whole is refused in one line."""
+        if self.too_long(text):
+            raise ValueError(f"{what} is longer than the {self.max_tokens} tokens this model reads "
+                             f"({len(text)} characters); shorten it")
 
     def image_orders(self, out: EncodedPrompt) -> tuple[int, int]:
         """(ViT split order, VAE split order) of the next image; reserves both orders."""
