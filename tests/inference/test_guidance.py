@@ -53,11 +53,14 @@ def test_renorm_equals_bagels_formula(mode, renorm_min):
     for b in range(2):
         ref = _bagel(*(_packed(v[k, b:b + 1]) for k in range(3)), 4.0, 2.0, mode, renorm_min)
         torch.testing.assert_close(_packed(ours[b:b + 1]), ref)
-    assert not torch.allclose(ours, guide(v, SamplerConfig(4.0, renorm=None), True, True,
-                                          torch.full((2,), 2.0), PATCH))
+    plain = SamplerConfig(text_guidance=4.0, image_guidance=2.0, renorm=None)  # keywords: steps comes first
+    assert not torch.allclose(ours, guide(v, plain, True, True, torch.full((2,), 2.0), PATCH))
 
 
 def test_task_defaults_are_valid_and_differ_where_bagel_does():
     t2i, edit = (SamplerConfig(**TASK_DEFAULTS[k]) for k in ("t2i", "edit"))
     assert (t2i.renorm, edit.renorm) == ("global", "text_channel")
     assert (t2i.guidance_interval, edit.guidance_interval) == ((0.4, 1.0), (0.0, 1.0))
+    # BAGEL's app.py: cfg_text_scale 4.0 for both tasks, cfg_img_scale 2.0 for editing (1.0: no image guidance).
+    assert (t2i.text_guidance, t2i.image_guidance) == (4.0, 1.0)
+    assert (edit.text_guidance, edit.image_guidance) == (4.0, 2.0)
