@@ -60,3 +60,20 @@ def test_a_part_that_fits_is_copied(saved, tmp_path):
     load_parts(model, tmp_path, ["understanding"])
     name = next(k for k in state if k.startswith("und.") and state[k].is_floating_point())
     assert torch.equal(model.state_dict()[name], state[name])
+
+
+@pytest.mark.parametrize("parts", ["[vision]", "[]"])
+def test_unknown_or_no_parts_are_refused_in_one_line(parts):
+    recipe = load_recipe(RECIPES / "tiny_pretrained.yaml", [f"pretrain.parts={parts}"])
+    allowed = "allowed values are understanding, generation, fusion"
+    with pytest.raises(ValueError, match=rf"^pretrain.parts \[.*\]: {allowed}$"):
+        stage_recipe(recipe)
+
+
+def test_a_part_of_another_shape_is_refused_in_one_line(saved, tmp_path):
+    model, state = saved
+    name = next(k for k in sorted(state) if k.startswith("und.") and state[k].dim() == 2)
+    state[name] = torch.zeros(3, 3)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(ModelFolderError, match=r"does not fit this recipe's understanding: .*; use the same card$"):
+        load_parts(model, tmp_path, ["understanding"])
