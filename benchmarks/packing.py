@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, vae_multiple_of
+from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.model import build_model
 from lightbagel.recipe import load_recipe
@@ -109,7 +109,7 @@ def tiny_batches(n: int, root: Path) -> list:
     recipe = load_recipe(TINY).config
     model = build_model(recipe)
     data = replace(recipe.data, num_samples=max(400, 20 * n))
-    dm = MixtureDataModule(data, model.und.processor, root, vae_multiple=vae_multiple_of(model.gen))
+    dm = MixtureDataModule(data, model.und.processor, root, vae_multiple=model.gen.vae_multiple)
     dm.prepare_data()
     dm.setup("fit")
     loader = iter(dm.train_dataloader())

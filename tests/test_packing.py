@@ -11,7 +11,7 @@ from lightbagel.data.collate import Collator
 from lightbagel.model import build_model
 from lightbagel.packing import LAYOUTS, pack
 from lightbagel.recipe.schema import ObjectiveConfig
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 from lightbagel.training.module import drop_conditions
 from tests.test_model import _perturb_fusion
 
@@ -168,7 +168,7 @@ def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
 def test_packed_rows_under_flex_equal_padded_rows(fused):
     """The GPU path's rule: a packed row's `mask_mod` (fusion/flex.py; samples do not ascend along the
     joint row [und of every sample; gen of every sample]) gives the padded dense velocities. Eager
-    flex applies the `mask_mod` everywhere; tests/test_flex.py checks the tile classes."""
+    flex applies the `mask_mod` everywhere; tests/fusion/test_flex.py checks the tile classes."""
     batch = _batch(fused, "tteeetee")
     padded = _velocities(fused, batch, DROPS, "padded")
     fused.attention = "flex"  # eager flex_attention: forward only on CPU

@@ -11,16 +11,16 @@ from torch import nn
 
 from lightbagel.backbones.generation.base import GenerationAdapter
 from lightbagel.backbones.understanding.base import UnderstandingAdapter
+from lightbagel.flow_matching import PREDICTIONS
 from lightbagel.fusion import StreamSpec, vlm_depth_schedule
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import OrderMask, causal_order_mask
 from lightbagel.fusion.prefix import PrefixMask
 from lightbagel.inputs import GenInputs, UndInputs
 from lightbagel.packing import PackedInputs
-from lightbagel.precision import training_plan
+from lightbagel.precision import precision_of
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
-from lightbagel.training.flow_matching import PREDICTIONS
 
 
 @dataclass
@@ -67,6 +67,9 @@ class SourceCache:
 
 
 class LightBagel(nn.Module):
+    # Methods the trainer calls besides `forward` (packed rows: packing.py; the understanding
+    # objective: training/module.py); FSDP2 gathers the root's weights around each.
+    fsdp_entry_points = ("forward_packed", "vlm_logits")
     def __init__(self, und: UnderstandingAdapter, gen: GenerationAdapter, fusion: nn.ModuleList,
                  schedule: list[int]):
         super().__init__()
@@ -156,10 +159,6 @@ class LightBagel(nn.Module):
         out, (kv, source) = self._run(und, gen, keep_kv=True)
         return out, UndCache(kv, und.order, und.valid, source)
 
-    def encode_understanding(self, und: UndInputs, gen: GenInputs) -> UndCache:
-        """The cache alone; `gen` must hold the clean source slots (any noise in the target)."""
-        return self.forward_with_cache(und, gen)[1]
-
     def forward_generation(self, gen: GenInputs, cache: UndCache) -> torch.Tensor:
         """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C).
 
@@ -243,11 +242,11 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     bf16-mixed); random parts are fp32 until `precision.apply_precision` runs.
     """
     torch.manual_seed(recipe.seed)
-    plan = training_plan(recipe)
+    precision = precision_of(recipe.trainer)
     und_cfg, gen_cfg = recipe.understanding, recipe.generation
     with torch.device(device) if device is not None else nullcontext():
-        und = UNDERSTANDING.get(und_cfg.adapter)(und_cfg, plan.read_dtype(frozen=und_cfg.freeze))
-        gen = GENERATION.get(gen_cfg.adapter)(gen_cfg, plan.read_dtype(frozen=gen_cfg.freeze))
+        und = UNDERSTANDING.get(und_cfg.adapter)(und_cfg, precision.read_dtype(frozen=und_cfg.freeze))
+        gen = GENERATION.get(gen_cfg.adapter)(gen_cfg, precision.read_dtype(frozen=gen_cfg.freeze))
         heads, head_dim = fusion_geometry(recipe.fusion, und, gen)
         specs = StreamSpec(und.hidden_size, und.rotate), StreamSpec(gen.hidden_size, gen.rotate)
         fusion = FUSION.get(recipe.fusion.block)(recipe.fusion, *specs, heads, head_dim, gen.num_layers)

@@ -5,7 +5,7 @@ from mixture_helpers import png
 
 from lightbagel.cli.data import main
 from lightbagel.data.samples import to_record
-from lightbagel.data.shards import SkipCounter
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import read_shard
 
 

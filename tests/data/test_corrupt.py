@@ -71,7 +71,7 @@ def test_a_source_with_no_readable_sample_is_a_clear_error(tmp_path):
 def _truncated_passes(shard: str, slots: int, passes: int) -> dict[str, int]:
     """Skip counts summed over `slots` readers of one shard (split by sample), each reading `passes`
     passes and one sample more (the reader meets the cut only when asked past the last good sample)."""
-    from lightbagel.data.shards import SkipCounter
+    from lightbagel.data.skips import SkipCounter
     from lightbagel.data.streams import Slot, SourceStream, read_shard
 
     good = sum(1 for _ in read_shard(shard, None))
@@ -98,7 +98,7 @@ def test_the_skip_warning_says_what_it_counts(caplog):
     import logging
 
     from lightbagel.data.datamodule import MixtureDataModule
-    from lightbagel.data.shards import SkipCounter
+    from lightbagel.data.skips import SkipCounter
 
     dm = object.__new__(MixtureDataModule)  # only the skip bookkeeping is exercised
     dm.skipped, dm.roles = SkipCounter(), {0: {"skipped": {"s": {"truncated_shard": 2}}}}

@@ -12,7 +12,7 @@ from lightbagel.recipe import Recipe, RecipeError, load_recipe
 
 
 def add_trust_flag(parser: argparse.ArgumentParser) -> None:
-    """The only switch that lets a model folder's or checkpoint's own recipe load code (training/export.py)."""
+    """The only switch that lets a model folder's or checkpoint's own recipe load code (model_folder.py)."""
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="honour understanding.trust_remote_code in the model's recipe (runs code the "
                              "model folder points to: only for folders you trust)")

@@ -42,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def render(args) -> int:
-    from lightbagel.data.captions import scene_from_caption
-    from lightbagel.data.shapes import render as draw
+    from lightbagel.shapes import render as draw
+    from lightbagel.shapes.captions import scene_from_caption
 
     image = draw(scene_from_caption(args.caption), args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def vae_multiple(recipe) -> int:
 
     with torch.device("meta"):
         gen = GENERATION.get(recipe.generation.adapter)(without_weights(recipe).generation)
-    return gen.vae.spatial_factor * gen.patch_size[1]
+    return gen.vae_multiple
 
 
 def inspect(args) -> int:

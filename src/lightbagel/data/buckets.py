@@ -67,11 +67,6 @@ def resized(image: Image.Image, size: Size) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.BICUBIC)
 
 
-def vae_multiple_of(gen) -> int:
-    """Pixels per DiT token side of a generation adapter: VAE factor times DiT patch."""
-    return gen.vae.spatial_factor * gen.patch_size[1]
-
-
 @dataclass
 class Pending:
     draw: int

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from lightbagel.data.buckets import ResolutionPolicy
 from lightbagel.data.samples import IMAGE_EXTS, BadSample, to_record
-from lightbagel.data.shards import SkipCounter
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import expand_urls, read_shard
 from lightbagel.recipe.schema import DataConfig
 

@@ -24,7 +24,7 @@ from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, Size, r
 from lightbagel.data.collate import Collator, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.samples import TRAINABLE, BadSample, to_record
-from lightbagel.data.shards import SkipCounter
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import Slot, SourceStream
 from lightbagel.errors import DataError
 

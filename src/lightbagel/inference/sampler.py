@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lightbagel.flow_matching import sampling_times
 from lightbagel.inference.guidance import RENORM, guide
 from lightbagel.inputs import EDIT_HIDES, TARGET_ORDER, TEXT, VIT, GenInputs, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, UndCache
-from lightbagel.training.flow_matching import sampling_times
 
 
 @dataclass

@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.model import LightBagel
 from lightbagel.packing import layout_tokens
 from lightbagel.recipe.schema import RecipeConfig
@@ -40,7 +39,7 @@ def sample_packing(recipe: RecipeConfig, model: LightBagel, batches: int) -> Pac
     from lightbagel.data.datamodule import MixtureDataModule
     from lightbagel.training.module import objective_tasks
 
-    multiple = vae_multiple_of(model.gen)
+    multiple = model.gen.vae_multiple
     dm = MixtureDataModule(replace(recipe.data, num_workers=0), model.und.processor, vae_multiple=multiple,
                            tasks=objective_tasks(recipe))
     dm.prepare_data()

@@ -41,10 +41,11 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         edit_fraction = weights.get("edit", 0.0) / max(sum(weights.values()), 1e-12)
     if not 0.0 <= edit_fraction <= 1.0:
         raise ValueError(f"--edit-fraction must be in [0, 1], got {edit_fraction}")
-    precision = training_plan(recipe)
     steps = tqdm(total=4, desc="planning", disable=not progress, leave=False)
+    model: LightBagel = build_skeleton(recipe)
+    precision = training_plan(recipe.trainer, model)
     # Weights as the forward sees them: compute copies, the fp32 list in fp32 (precision.py).
-    model: LightBagel = apply_precision(build_skeleton(recipe), inference_plan(recipe, precision.precision.compute))
+    apply_precision(model, inference_plan(model, precision.precision.compute))
     steps.update()
     workload = make_workload(model, seq_len, recipe.data.image_size, recipe.data.vit_image_size, text_tokens,
                              edit_fraction)

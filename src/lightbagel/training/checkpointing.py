@@ -13,16 +13,17 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 import lightning as L
 import torch
 
 from lightbagel.errors import CheckpointError, first_line
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 log = logging.getLogger(__name__)
 
+META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
 _TMP_PREFIX = ".tmp-"
 
@@ -60,7 +61,7 @@ def unreadable(ckpt: Path) -> Optional[str]:
     """Why `ckpt` cannot be loaded, or None. Cheap: tensors are memory-mapped or only sized, not read."""
     try:
         if ckpt.is_dir():
-            safe_load(ckpt / "meta.pt")
+            safe_load(ckpt / META)
             _check_shard_sizes(ckpt)
         else:
             safe_load(ckpt, mmap=True)
@@ -157,43 +158,3 @@ def flush_metrics(trainer: L.Trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, BackgroundMLFlowLogger):
             logger.flush()
-
-
-class ResumableLoader:
-    """Wraps a deterministic iterable of batches; a resumed run skips the batches already trained.
-
-    `FastForward` sets `skip` from the checkpoint before the first batch is drawn, so batch k of
-    a resumed run is batch k of an uninterrupted one.
-    """
-
-    def __init__(self, batches: Iterable):
-        self.batches, self.skip = batches, 0
-
-    def __iter__(self) -> Iterator:
-        it = iter(self.batches)
-        for _ in range(self.skip):
-            next(it)
-        yield from it
-
-
-class FastForward(L.Callback):
-    """Saves how many batches were trained; on resume, makes `loader` skip them.
-
-    Callback states load before the fit loop draws its first (prefetched) batch, and the count
-    comes from the optimizer step, not from batches drawn, which run ahead by the prefetch.
-    """
-
-    def __init__(self, loader: ResumableLoader):
-        self.loader = loader
-        self._trainer: Optional[L.Trainer] = None
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        self._trainer = trainer
-
-    def state_dict(self) -> dict:
-        if self._trainer is None:
-            return {}
-        return {"batches": self._trainer.global_step * self._trainer.accumulate_grad_batches}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.loader.skip = state_dict.get("batches", 0)

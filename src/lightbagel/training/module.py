@@ -18,20 +18,23 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from lightbagel import flow_matching as fm
 from lightbagel.data.chat import ChatBatch
 from lightbagel.data.collate import TrainBatch
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
+from lightbagel.model_folder import WEIGHTS, check_weights, read_weights
 from lightbagel.packing import LAYOUTS, layout_tokens
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
-from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
-from lightbagel.training.export import WEIGHTS, check_weights, read_weights
 from lightbagel.training.flops import stream_weights, train_flops
 from lightbagel.training.lora import add_lora
 from lightbagel.training.randomness import draw, sample_seeds
 from lightbagel.training.sharding import model_units, parallelize, shard_plan
+
+# Running statistics of the VAE posterior means (LightBagelModule.vae_loss): about the last 100 batches.
+LATENT_MOMENTS_DECAY = 0.99
 
 
 class LightBagelModule(L.LightningModule):
@@ -44,11 +47,15 @@ class LightBagelModule(L.LightningModule):
             load_init(self.model, recipe.init_from)
         if recipe.trainer.lora.enabled:
             add_lora(self.model, recipe.trainer.lora)
-        self.precision = training_plan(recipe)
+        self.precision = training_plan(recipe.trainer, self.model)
         refuse_bf16_masters(self.model, self.precision, recipe.trainer)
         self.ema: Optional[EMAWeights] = None
         self.nonfinite_total = self.nonfinite_streak = 0
         self.flops_per_batch: Optional[int] = None  # read by ThroughputMonitor for MFU
+        if recipe.objective.vae_weight > 0:  # in the checkpoint, so a resumed run keeps them
+            channels = self.model.gen.vae.latent_channels
+            self.register_buffer("latent_moments", torch.zeros(2, channels))
+            self.register_buffer("latent_moments_seen", torch.zeros((), dtype=torch.bool))
         self._configured = False
 
     def configure_model(self) -> None:
@@ -57,9 +64,9 @@ class LightBagelModule(L.LightningModule):
         if self._configured:  # Lightning may call it again (e.g. validate after fit)
             return
         tr = self.recipe.trainer
-        units = model_units(self.model, self.recipe.understanding.adapter, self.recipe.generation.adapter)
+        units = model_units(self.model)
         self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
-        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
         apply_precision(self.model, self.precision)
         parallelize(self.model, units, shard_plan(tr, self.precision), mesh)
         if tr.ema.enabled:
@@ -107,8 +114,45 @@ class LightBagelModule(L.LightningModule):
         if isinstance(batch, ChatBatch):
             loss, n_answer = self.understanding_loss(batch)
             return obj.und_weight * loss, {"loss/und": loss.detach(), "train/answer_tokens": float(n_answer)}
-        loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
-        return obj.flow_weight * loss, {"loss/flow": loss.detach(), "train/target_tokens": float(n_tokens)}
+        total, logged = 0.0, {}
+        if obj.flow_weight > 0:
+            loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
+            total = obj.flow_weight * loss
+            logged.update({"loss/flow": loss.detach(), "train/target_tokens": float(n_tokens)})
+        if obj.vae_weight > 0:
+            l1, kl = self.vae_loss(batch)
+            total = total + obj.vae_weight * (l1 + obj.vae_kl_weight * kl)
+            logged.update({"loss/vae_l1": l1.detach(), "loss/vae_kl": kl.detach()})
+        return total, logged
+
+    def vae_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE objective on every image of the batch (targets and shown sources): the mean L1
+        error of the decoded posterior sample, and the posterior's KL to N(0, 1) per latent value.
+        Keeps a running per-channel mean and std of the posterior means: the normalisation the
+        exported codec writes into its config (`trained_recipe`), as Wan's `latents_mean/std`."""
+        images = torch.cat([batch.target, batch.source[batch.has_source]])
+        decoded, kl, mean = self.model.gen.vae.reconstruct(images)
+        with torch.no_grad():
+            moments = torch.stack([mean.mean(dim=(0, 2, 3)), mean.pow(2).mean(dim=(0, 2, 3))])
+            if not self.latent_moments_seen:
+                self.latent_moments.copy_(moments)
+            self.latent_moments.lerp_(moments, 1 - LATENT_MOMENTS_DECAY)
+            self.latent_moments_seen.fill_(True)
+        return (decoded - images.float()).abs().mean(), kl
+
+    def trained_recipe(self) -> RecipeConfig:
+        """The recipe an export rebuilds the model from: with the VAE objective on, the codec's
+        config carries the latent statistics measured while it trained (Wan normalises latents by
+        its config's `latents_mean` / `latents_std`, so the DiT then diffuses unit-scale latents)."""
+        if self.recipe.objective.vae_weight <= 0:
+            return self.recipe
+        mean, second = self.latent_moments.double()
+        std = (second - mean.pow(2)).clamp_min(1e-12).sqrt()
+        vae = self.recipe.generation.vae
+        config = {**vae.config, "latents_mean": [round(v, 6) for v in mean.tolist()],
+                  "latents_std": [round(v, 6) for v in std.tolist()]}
+        generation = replace(self.recipe.generation, vae=replace(vae, config=config))
+        return replace(self.recipe, generation=generation)
 
     def understanding_loss(self, batch: ChatBatch) -> tuple[torch.Tensor, int]:
         """Next-token cross-entropy of the VLM alone on the answer tokens (the mean over them)."""
@@ -214,9 +258,13 @@ def lr_factor(opt: OptimConfig, max_steps: int):
 
 def check_objective(recipe: RecipeConfig) -> None:
     obj = recipe.objective
-    if obj.flow_weight < 0 or obj.und_weight < 0 or obj.flow_weight + obj.und_weight == 0:
-        raise ValueError(f"objective.flow_weight {obj.flow_weight} and objective.und_weight {obj.und_weight}: "
-                         "both must be >= 0 and at least one > 0")
+    weights = {"flow_weight": obj.flow_weight, "und_weight": obj.und_weight, "vae_weight": obj.vae_weight}
+    if min(weights.values()) < 0 or sum(weights.values()) == 0:
+        named = ", ".join(f"objective.{k} {v}" for k, v in weights.items())
+        raise ValueError(f"{named}: each must be >= 0 and at least one > 0")
+    if obj.vae_weight > 0 and recipe.generation.vae.freeze:
+        raise ValueError(f"objective.vae_weight {obj.vae_weight} trains the VAE, but generation.vae.freeze is true; "
+                         "set generation.vae.freeze=false (or objective.vae_weight=0)")
     if obj.und_weight > 0 and recipe.understanding.freeze and not recipe.trainer.lora.enabled:
         raise ValueError(f"objective.und_weight {obj.und_weight} trains the VLM, but understanding.freeze is true; "
                          "set understanding.freeze=false (or objective.und_weight=0)")
@@ -225,7 +273,8 @@ def check_objective(recipe: RecipeConfig) -> None:
 def objective_tasks(recipe: RecipeConfig) -> tuple[str, ...]:
     """The sample tasks the recipe's objectives train; the data pipeline skips the others."""
     obj = recipe.objective
-    return (("t2i", "edit") if obj.flow_weight > 0 else ()) + (("und",) if obj.und_weight > 0 else ())
+    images = obj.flow_weight > 0 or obj.vae_weight > 0
+    return (("t2i", "edit") if images else ()) + (("und",) if obj.und_weight > 0 else ())
 
 
 def answer_loss(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:

@@ -118,7 +118,9 @@ class UndProcessor:
 class UnderstandingAdapter(nn.Module):
     """A VLM seen block by block.
 
-    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim` and `processor`.
+    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim` and `processor`, and
+    declare the facts precision.py and training/sharding.py read: `keep_in_fp32`, `blocks` and
+    `block_called`.
     """
 
     num_layers: int
@@ -126,6 +128,9 @@ class UnderstandingAdapter(nn.Module):
     num_heads: int
     head_dim: int
     processor: UndProcessor
+    keep_in_fp32: tuple[str, ...]  # name patterns (re.search) inside the adapter kept in fp32; () for none
+    blocks: str  # dotted path from the adapter to its decoder layers, one FSDP2 unit per layer
+    block_called: bool  # whether `block(i)` calls `blocks[i](...)` (see GenerationAdapter)
 
     def embed(self, und: UndInputs) -> tuple[torch.Tensor, object]:
         """Token + ViT embeddings (B, L, D) and the rotary embedding of their positions."""

@@ -1,4 +1,4 @@
-"""Run control (training/runs.py, training/tracking.py): which recipe changes a resume refuses, when
+"""Run control (runs/folder.py, runs/tracking.py): which recipe changes a resume refuses, when
 recipes are compared at all, and a run left RUNNING by a killed process."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lightbagel.recipe import load_recipe
-from lightbagel.training.runs import RunError, check_resume, write_record
+from lightbagel.runs.folder import RunError, check_resume, write_record
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
@@ -23,7 +23,7 @@ def _recipe(*overrides: str) -> dict:
 @pytest.mark.parametrize("change", ["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5",
                                     "trainer.ema.decay=0.99", "optim.lr=3e-4", "data.batch_size=4"])
 def test_a_resume_refuses_every_change_to_what_is_trained(tmp_path, change):
-    """Only the keys in runs.RESUMABLE may change; trainer settings other than those train differently."""
+    """Only the keys in runs.folder.RESUMABLE may change; trainer settings other than those train differently."""
     write_record(tmp_path, _recipe(), None)
     with pytest.raises(RunError, match=change.split("=")[0]):
         check_resume(tmp_path, _recipe(change), has_checkpoint=True)
@@ -47,7 +47,7 @@ def test_a_run_left_running_is_marked_killed_before_it_resumes(tmp_path, caplog)
     reopens it."""
     from mlflow import MlflowClient
 
-    from lightbagel.training.tracking import reopen
+    from lightbagel.runs.tracking import reopen
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("t"))

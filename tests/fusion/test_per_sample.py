@@ -8,7 +8,7 @@ import torch
 
 from lightbagel.fusion.mask import OrderMask
 from lightbagel.inputs import TARGET_ORDER
-from tests.test_flex import _LargestTensor, _random_masks
+from tests.fusion.test_flex import _LargestTensor, _random_masks
 
 
 def _shuffled(mask: OrderMask, seed: int) -> OrderMask:

@@ -25,6 +25,7 @@ from lightbagel.recipe.schema import RecipeConfig
 log = logging.getLogger(__name__)
 
 WEIGHTS, RECIPE = "model.safetensors", "recipe.yaml"
+EXPORT = "export"  # a run's model folder, inside its output folder
 
 
 def random_init_prefixes(recipe: RecipeConfig) -> tuple[str, ...]:
@@ -77,8 +78,9 @@ def resolved_recipe(path: Path) -> RecipeConfig:
         raise ModelFolderError(f"{path}: cannot read: {exc.strerror}; pass a lightbagel-fit export dir") from None
 
 
-# Keys an earlier release wrote into exports and this one no longer reads: storage dtypes now come
-# from the precision plan (docs/full_size.md, "Precision"), not from the cards.
+# Keys a model folder's recipe may hold that the schema has not: storage dtypes come from the
+# precision plan (docs/full_size.md, "Precision"), not from the cards. A folder holding them still
+# loads; the keys are dropped with a warning.
 RETIRED_KEYS = ("understanding.dtype", "generation.dtype")
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from lightbagel.cli.generate import generate_main
 from lightbagel.errors import ModelFolderError
 from lightbagel.inference import LightBagelPipeline
-from lightbagel.training.export import load_exported
+from lightbagel.model_folder import load_exported
 
 EVIL_CODE = """
 from pathlib import Path
@@ -171,7 +171,7 @@ def test_the_export_holds_the_frozen_random_initialised_weights(export, tiny_rec
 def test_an_export_from_the_release_with_card_dtypes_still_loads(export, tmp_path, caplog):
     """0.1 exports carry `understanding.dtype` / `generation.dtype`, which the precision plan replaced."""
     old = _copy(export, tmp_path / "old", understanding__dtype="bfloat16", generation__dtype="float32")
-    with caplog.at_level("WARNING", logger="lightbagel.training.export"):
+    with caplog.at_level("WARNING", logger="lightbagel.model_folder"):
         model = load_exported(old)
     assert "understanding.dtype is retired" in caplog.text and "generation.dtype is retired" in caplog.text
     reference = load_exported(export)
