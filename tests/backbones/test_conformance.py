@@ -19,6 +19,7 @@ from lightbagel.model_folder import export_model, load_exported
 from lightbagel.recipe import load_recipe
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING, VAE
 from lightbagel.training.sharding import BlockUnits
+from tests.tolerance import across_kernels
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -288,6 +289,27 @@ def _dit_alone(model, gen) -> torch.Tensor:
             hook.remove()
 
 
+def _adapter_alone(model, und, gen) -> torch.Tensor:
+    """The generation adapter's own blocks on the fused model's DiT mask, no fusion block between them."""
+    h_gen, rope, cond = model.gen.embed(gen)
+    gen_mask = model._masks(und, gen, h_gen.shape[1])[2]
+    for i in range(model.gen.num_layers):
+        h_gen = model.gen.block(i, h_gen, gen_mask, rope, cond)
+    return model.gen.head(h_gen, cond)
+
+
+@pytest.mark.parametrize("card", GEN_CARDS)
+def test_zero_init_fusion_adds_exactly_nothing_to_the_dit(card, make_batch):
+    """Exact by construction: the same adapter kernels on the same inputs, and each zero-initialised
+    fusion block adds `0 * x + 0`, which is exactly zero on any CPU."""
+    model = fused(f"generation={card}")
+    batch = make_batch(model)
+    gen = gen_inputs(latents_for(model, len(batch)), torch.rand(len(batch)))
+    with torch.no_grad():
+        mine, ref = model(batch.und, gen).velocity, _adapter_alone(model, batch.und, gen)
+    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("card", GEN_CARDS)
 def test_zero_init_dit_equals_the_standalone_diffusers_model(card, make_batch):
     model = fused(f"generation={card}")
@@ -297,7 +319,9 @@ def test_zero_init_dit_equals_the_standalone_diffusers_model(card, make_batch):
     with torch.no_grad():
         mine = model.gen.unpatchify(model(batch.und, gen).velocity, 1, h, w)
         ref = _dit_alone(model, gen)
-    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+    # Not exact: the adapter runs per-token modulation and a masked attention where diffusers runs
+    # per-sample modulation and its own attention processor, other kernels (tests/tolerance.py).
+    torch.testing.assert_close(mine, ref, **across_kernels(mine.dtype))
 
 
 @pytest.mark.parametrize("swap", SWAPS)

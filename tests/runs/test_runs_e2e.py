@@ -233,7 +233,9 @@ def test_a_second_fit_on_a_busy_folder_is_refused(tmp_path, capsys):
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert fit_cli.main([str(REPO / "recipes/tiny.yaml"), f"output_dir={out}", *FAST, "trainer.max_steps=2"]) == 2
+        # Were the lock broken, this fit would run: its data goes under tmp_path too, never into ./data.
+        assert fit_cli.main([str(REPO / "recipes/tiny.yaml"), f"output_dir={out}", f"data.root={tmp_path / 'data'}",
+                             *FAST, "trainer.max_steps=2"]) == 2
     finally:
         holder.kill()
         holder.wait()
