@@ -4,6 +4,7 @@ producer that stops when the training loop lets go of it."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 
 import pytest
