@@ -27,6 +27,9 @@ RESUMABLE = (
     "trainer.num_threads", "trainer.mlflow", "trainer.checkpoint_every_n_steps", "trainer.keep_checkpoints",
     "trainer.max_nonfinite_steps",
 )
+# Keys the resume itself checks against the checkpoint, in a line saying what to set: the data
+# stream's rank and worker counts (MixtureDataModule.load_state_dict). Left to that check.
+CHECKED_BY_RESUME = ("trainer.devices", "trainer.num_nodes", "data.num_workers")
 _SHOWN_KEYS = 4
 _ABSENT = "(absent)"
 
@@ -136,7 +139,7 @@ def _locked(path: Path, fcntl) -> Iterator:
 
 
 def _resumable(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
+    return any(key == k or key.startswith(k + ".") for k in (*RESUMABLE, *CHECKED_BY_RESUME))
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
