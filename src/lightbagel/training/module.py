@@ -68,6 +68,9 @@ class LightBagelModule(L.LightningModule):
 
     def training_step(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> Optional[torch.Tensor]:
         loss, logged = self.weighted_loss(batch, batch_idx)
+        tokens = logged.get("train/target_tokens", logged.get("train/answer_tokens", 0.0))
+        # What backward sees: every token of the global batch weighs the same (docs/distributed.md).
+        scaled = loss * global_token_weight(tokens, batch_device(batch))
         if not self._all_ranks_finite(loss):
             # Skipped on every rank alike (no backward, no optimizer step), counted, and stopped
             # by NonFiniteGuard after `trainer.max_nonfinite_steps` in a row.
@@ -85,7 +88,7 @@ class LightBagelModule(L.LightningModule):
             self.log(name, value, batch_size=len(batch))
         if self._configured:
             self.flops_per_batch = self._batch_flops(batch, int(logged.get("train/target_tokens", 0)))
-        return loss
+        return scaled
 
     def _logging_now(self) -> tuple[bool, bool]:
         """(Whether Lightning writes this step's values, whether a progress bar shows its loss.)
@@ -119,12 +122,12 @@ class LightBagelModule(L.LightningModule):
         """Per-sample keys: (seed, micro-step, global sample index); see randomness.py."""
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         micro_step = self.global_step * accumulate + batch_idx % accumulate
-        first = self.global_rank * len(batch)
+        first = first_global_index(len(batch), batch.target.device)
         return sample_seeds(self.recipe.seed, micro_step, first, len(batch))
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _distributed():
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
@@ -189,6 +192,36 @@ class LightBagelModule(L.LightningModule):
         counts = checkpoint.get("nonfinite", {})
         self.nonfinite_total = counts.get("total", 0)
         self.nonfinite_streak = counts.get("streak", 0)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def batch_device(batch: TrainBatch | ChatBatch) -> torch.device:
+    return batch.answer_mask.device if isinstance(batch, ChatBatch) else batch.target.device
+
+
+def global_token_weight(local_tokens: float, device: torch.device) -> float:
+    """world * local / global tokens: a rank's mean loss times this, averaged over ranks by FSDP's
+    gradient reduction, is the mean over every token of the global batch. Ranks hold different
+    token counts under a token budget; BAGEL divides the summed loss by the all-reduced token count
+    (train/pretrain_unified_navit.py), torchtitan by `global_valid_tokens`."""
+    if not _distributed():
+        return 1.0
+    total = torch.tensor([float(local_tokens)], device=device, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return torch.distributed.get_world_size() * float(local_tokens) / max(float(total.item()), 1.0)
+
+
+def first_global_index(n: int, device: torch.device) -> int:
+    """The global index of this rank's first sample: the sizes of the ranks before it, summed. Ranks'
+    batch sizes differ under a token budget, so `rank * n` would give two ranks the same keys."""
+    if not _distributed():
+        return 0
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([n], dtype=torch.int64, device=device))
+    return int(sum(int(s.item()) for s in sizes[:torch.distributed.get_rank()]))
 
 
 def _cosine(opt: OptimConfig, progress: float) -> float:
