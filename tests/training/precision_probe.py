@@ -126,5 +126,4 @@ class PrecisionProbe(L.Callback):
         names = lambda d: {k: str(v).removeprefix("torch.") for k, v in d.items()}  # noqa: E731
         return {"params": names(self.params), "buffers": names(self.buffers), "seen": names(self.seen),
                 "trainable": self.trainable, "rope": self.rope, "mask_builds": self.mask_builds,
-                "state_dtypes": sorted(str(d).removeprefix("torch.")
-                                                                    for d in self.state_dtypes)}
+                "state_dtypes": sorted(str(d).removeprefix("torch.") for d in self.state_dtypes)}

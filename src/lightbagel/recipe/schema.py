@@ -247,6 +247,9 @@ class TrainerConfig:
     eval_per_category: int = 4
     gradient_clip_val: Optional[float] = 1.0
     accumulate_grad_batches: int = 1
+    # Global tokens per optimizer step (every rank's micro-batches together); with a token budget
+    # it fixes accumulate_grad_batches for any number of ranks (recipe/steps.py). None: not fixed.
+    tokens_per_step: Optional[int] = None
     activation_checkpointing: bool = False
     enable_progress_bar: bool = True
     # CPU intra-op threads (None: torch's default). Tiny models gain nothing from more threads,
@@ -349,7 +352,7 @@ _POSITIVE_KEYS = (
     "data.resolution.max_image_pixels", "data.packing.token_budget", "data.packing.max_wait",
     "trainer.num_nodes", "trainer.max_steps", "trainer.log_every_n_steps",
     "trainer.sample_steps", "trainer.eval_per_category", "trainer.gradient_clip_val",
-    "trainer.accumulate_grad_batches", "trainer.num_threads", "trainer.keep_checkpoints",
+    "trainer.accumulate_grad_batches", "trainer.tokens_per_step", "trainer.num_threads", "trainer.keep_checkpoints",
     "trainer.max_nonfinite_steps", "trainer.lora.rank", "trainer.lora.alpha",
     "objective.timestep_shift", "objective.logit_std", "optim.lr", "optim.eps",
 )

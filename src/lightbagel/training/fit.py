@@ -19,6 +19,7 @@ from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
 from lightbagel.recipe import Recipe
+from lightbagel.recipe.steps import accumulation, world_size
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
 from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
@@ -91,7 +92,8 @@ def resume_point(dirpath: Path, tr) -> Optional[Path]:
 
 def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     cfg = recipe.config
-    last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
+    accumulate = accumulation(cfg, world_size(cfg.trainer))  # a one-line error before anything is built
+    last = resume_point(out / "checkpoints", cfg.trainer)
     plain = OmegaConf.to_container(recipe.resolved)
     record = check_resume(out, plain, last is not None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -105,7 +107,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
                              vae_multiple=vae_multiple_of(gen),
-                             batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
+                             batches_per_step=accumulate, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
     if is_rank_zero():
         write_record(out, plain, getattr(logger, "run_id", None))
@@ -115,7 +117,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
         precision=module.precision.precision.lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
-        gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
+        gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=accumulate,
         enable_progress_bar=tr.enable_progress_bar and interactive(), logger=logger if logger is not None else False,
         callbacks=callbacks, default_root_dir=out, enable_model_summary=False, enable_checkpointing=False,
     )
