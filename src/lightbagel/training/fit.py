@@ -26,6 +26,7 @@ from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
 from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
+from lightbagel.training.preflight import preflight
 from lightbagel.training.runs import check_resume, folder_lock, is_rank_zero, write_record
 from lightbagel.training.stages import load_parts, run_pretrain
 from lightbagel.training.strategy import is_sharded, make_strategy
@@ -74,6 +75,7 @@ def fit(recipe: Recipe, run_name: Optional[str] = None) -> FitResult:
     """Trains `recipe` into its output folder, resuming the run there when the recipe matches it
     (training/runs.py); `run_name` names a new MLflow run (default: the recipe's name)."""
     silence_noise()
+    preflight(recipe.config)  # GPUs and model sources, before any folder, lock or weight
     out = Path(recipe.config.output_dir)
     with folder_lock(out):
         return _fit(recipe, out, run_name)
