@@ -8,7 +8,9 @@ Decided here and nowhere else (docs/full_size.md, "Precision"):
 - whatever the original models run in fp32 stays fp32 (`FP32_KEEP`): rotary frequencies, the
   timestep embedding path, the adaLN modulation tables, the VAE and its latent statistics;
 - compute runs in bf16 through autocast, and under FSDP2 through `MixedPrecisionPolicy`
-  (training/sharding.py), with gradients reduced in fp32.
+  (training/sharding.py), with gradients reduced in fp32;
+- with `trainer.fp32_residual` (on by default, as Wan2.2 runs) the DiT's residual stream and
+  output head stay fp32 under bf16 training (docs/full_size.md has the measured error).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ _COMPONENTS = {"understanding": "und.", "generation": "gen.dit.", "vae": "gen.va
 class PrecisionPlan:
     precision: Precision
     keep: tuple[tuple[str, str], ...]  # (component prefix in LightBagel, FP32_KEEP pattern)
+    # The DiT's residual stream and output head in fp32 (`trainer.fp32_residual`), where its adapter
+    # offers it (`fp32_residual` on the class); compute inside each block stays in the compute dtype.
+    fp32_residual: bool = False
 
     def keeps(self, name: str) -> bool:
         return any(name.startswith(prefix) and re.search(p, name[len(prefix):]) for prefix, p in self.keep)
@@ -113,7 +118,8 @@ def precision_of(tr: TrainerConfig) -> Precision:
 
 
 def training_plan(recipe: RecipeConfig) -> PrecisionPlan:
-    return PrecisionPlan(precision_of(recipe.trainer), keep_patterns(recipe))
+    precision = precision_of(recipe.trainer)
+    return PrecisionPlan(precision, keep_patterns(recipe), recipe.trainer.fp32_residual and precision.compute != _F32)
 
 
 def inference_plan(recipe: RecipeConfig, dtype: torch.dtype) -> PrecisionPlan:
@@ -144,6 +150,9 @@ def apply_precision(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
     for name, buffer in model.named_buffers():
         if buffer.is_floating_point() and plan.keeps(name):
             buffer.data = buffer.data.float()
+    for module in model.modules():
+        if hasattr(type(module), "fp32_residual"):  # an adapter that offers it (backbones/generation/wan.py)
+            module.fp32_residual = module.fp32_head = plan.fp32_residual
     return model
 
 

@@ -237,6 +237,9 @@ class TrainerConfig:
     # bf16-true keeps trainable weights and AdamW state in bf16 (most lr 3e-5 updates round
     # away); it is refused for a model with trainable weights unless this is true.
     allow_bf16_master_weights: bool = False
+    # Under bf16 compute, keep the DiT's residual stream and output head in fp32 as Wan2.2 does
+    # (precision.py; the measured error and memory cost: docs/full_size.md "Precision").
+    fp32_residual: bool = True
     max_steps: int = 300
     log_every_n_steps: int = 10
     sample_every_n_steps: int = 100

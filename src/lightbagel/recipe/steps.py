@@ -40,8 +40,8 @@ def accumulation(cfg: RecipeConfig, world: int) -> int:
         raise StepSizeError(f"trainer.tokens_per_step {tr.tokens_per_step} needs data.packing.token_budget "
                             "(tokens per rank and micro-batch); set it, or trainer.tokens_per_step=null")
     if tr.accumulate_grad_batches != 1:
-        raise StepSizeError(f"trainer.tokens_per_step {tr.tokens_per_step} fixes the accumulation; remove "
-                            f"trainer.accumulate_grad_batches {tr.accumulate_grad_batches} (or set tokens_per_step=null)")
+        raise StepSizeError(f"trainer.tokens_per_step {tr.tokens_per_step} fixes the accumulation; remove trainer."
+                            f"accumulate_grad_batches {tr.accumulate_grad_batches} (or set tokens_per_step=null)")
     per_micro = world * budget
     steps, left = divmod(tr.tokens_per_step, per_micro)
     if steps < 1 or left:

@@ -43,7 +43,8 @@ def hub_sources(cfg: RecipeConfig) -> Iterator[tuple[str, str, Optional[str], Op
     und, gen = cfg.understanding, cfg.generation
     for key, part in (("understanding", und), ("generation", gen), ("generation.vae", gen.vae)):
         if part.pretrained:
-            yield f"{key}.pretrained", part.pretrained, getattr(part, "revision", None), getattr(part, "subfolder", None)
+            yield (f"{key}.pretrained", part.pretrained, getattr(part, "revision", None),
+                   getattr(part, "subfolder", None))
 
 
 def check_sources(cfg: RecipeConfig) -> None:
