@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from tqdm.auto import tqdm
@@ -43,8 +43,10 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         raise ValueError(f"--edit-fraction must be in [0, 1], got {edit_fraction}")
     precision = training_plan(recipe)
     steps = tqdm(total=4, desc="planning", disable=not progress, leave=False)
-    # Weights as the forward sees them: compute copies, the fp32 list in fp32 (precision.py).
-    model: LightBagel = apply_precision(build_skeleton(recipe), inference_plan(recipe, precision.precision.compute))
+    # Weights as the forward sees them: compute copies, the fp32 list in fp32, the DiT's residual
+    # stream in fp32 where the training plan keeps it so (precision.py).
+    seen = replace(inference_plan(recipe, precision.precision.compute), fp32_residual=precision.fp32_residual)
+    model: LightBagel = apply_precision(build_skeleton(recipe), seen)
     steps.update()
     workload = make_workload(model, seq_len, recipe.data.image_size, recipe.data.vit_image_size, text_tokens,
                              edit_fraction)

@@ -302,6 +302,9 @@ class OptimConfig:
     lr: float = 3e-5
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
+    # torch's default; BAGEL trains with 1e-15. With fp32 second moments the two differ only for
+    # entries whose gradient RMS is below ~1e-8, where 1e-15 turns AdamW into lr x sign(g)
+    # (docs/full_size.md). optim.eps=1.0e-15 gives BAGEL's.
     eps: float = 1e-8
     warmup_steps: int = 2000
     # After warmup: "constant" (the paper) or "cosine" down to min_lr_ratio x lr at trainer.max_steps
