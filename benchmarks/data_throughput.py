@@ -48,7 +48,7 @@ def data_module(args, module: LightBagelModule) -> MixtureDataModule:
     )
     gen = module.model.gen
     dm = MixtureDataModule(cfg, module.model.und.processor, args.root,
-                           vae_multiple=gen.vae.spatial_factor * gen.patch_size[1])
+                           vae_multiple=gen.vae_multiple)
     dm.prepare_data()
     dm.setup("fit")
     return dm

@@ -41,12 +41,11 @@ from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.recipe import load_recipe
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 from lightbagel.training import fit as fit_module
 from lightbagel.training.checkpointing import AtomicCheckpoint
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.randomness import sample_seeds
 
@@ -175,7 +174,7 @@ def own_loader(cfg, root: Path):
     """The recipe's data pipeline, built as `fit` builds it (workers start here, before any timing),
     consumed as Lightning consumes it."""
     model = LightBagelModule(cfg).model
-    data = MixtureDataModule(cfg.data, model.und.processor, root, vae_multiple=vae_multiple_of(model.gen),
+    data = MixtureDataModule(cfg.data, model.und.processor, root, vae_multiple=model.gen.vae_multiple,
                              batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
     data.prepare_data()
     data.setup("fit")

@@ -92,15 +92,15 @@ def to_device(value, device):
 def packed_batch(module, check: Check):
     """Shapes-world samples (T2I and edits alternating) at `image_size`, as many as fill `tokens`."""
     collate = Collator(module.model.und.processor, check.cfg.data.vit_image_size)
-    per_slot = module.model.gen.tokens_per_slot(*(2 * [check.image_size // module.model.gen.vae.spatial_factor]))
+    multiple = module.model.gen.vae_multiple  # pixels per DiT token side
     n = 2
     while True:
         batch = collate(validation_samples(n + 2, check.image_size, seed=11))
-        if sum(layout_tokens(batch, per_slot, "packed")) > check.tokens:
+        if sum(layout_tokens(batch, multiple, "packed")) > check.tokens:
             break
         n += 2
     batch = collate(validation_samples(n, check.image_size, seed=11))
-    return to_device(batch, check.device), per_slot
+    return to_device(batch, check.device), multiple
 
 
 def build_module(check: Check):
@@ -143,15 +143,15 @@ def planned(check: Check, seq_len: int):
 
 def section_training(check: Check) -> None:
     module = build_module(check)
-    batch, per_slot = packed_batch(module, check)
-    und, gen = layout_tokens(batch, per_slot, "packed")
-    flops = module._batch_flops(batch, gen)
+    batch, multiple = packed_batch(module, check)
+    und, gen = layout_tokens(batch, multiple, "packed")
+    flops = module._batch_flops(batch)
     if check.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     packed = train_steps(module, batch, check, "packed")
     peak = check.peak_gib()
     padded = train_steps(module, batch, check, "padded")
-    pad_und, pad_gen = layout_tokens(batch, per_slot, "padded")
+    pad_und, pad_gen = layout_tokens(batch, multiple, "padded")
     plan = planned(check, und + gen)
     tflops = flops / packed / 1e12
     print(f"(a) training step, {check.recipe_path.name} {' '.join(check.overrides)}")

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.inference import LightBagelPipeline, SamplerConfig
 from lightbagel.inference.sampler import sample
 from lightbagel.model import build_model
@@ -49,7 +49,7 @@ def build_pipeline(args) -> LightBagelPipeline:
     with torch.no_grad():
         for p in model.fusion.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    model = apply_precision(model.to(args.device), inference_plan(recipe, DTYPES[args.dtype]))
+    model = apply_precision(model.to(args.device), inference_plan(model, DTYPES[args.dtype]))
     return LightBagelPipeline(model, recipe, args.device)
 
 

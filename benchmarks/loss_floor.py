@@ -28,12 +28,12 @@ from dataclasses import replace
 import torch
 from tiny_reference import neighbour_influence  # benchmarks/: the same measure for the conv reference
 
+from lightbagel import flow_matching as fm
+from lightbagel import shapes
 from lightbagel.backbones.generation import wan
-from lightbagel.data import shapes
 from lightbagel.data.collate import Collator, image_to_tensor, tensor_to_image
 from lightbagel.inference.pipeline import LightBagelPipeline
 from lightbagel.inputs import gen_inputs
-from lightbagel.training import flow_matching as fm
 from lightbagel.training.module import drop_conditions
 
 BINS = (0.1, 0.3, 0.5, 0.7, 0.9)  # centres of five even t-bins

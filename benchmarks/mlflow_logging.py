@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 
 def run(cls, root: Path, steps: int, tag: str) -> tuple[float, bool]:

@@ -1,10 +1,12 @@
 """Padded vs packed training batches (docs/data.md, `data.packing.layout`), side by side in one run.
 
 (a) At the paper's geometry (recipes/lightbagel_7b_5b.yaml: VAE images 512-1024 px, 32 px per DiT
-token; ViT images 224-532 px, 28 px per token; a 70/30 T2I/edit mix; a 16,384-token budget):
-synthetic native image sizes and caption lengths go through the real `ResolutionPolicy` and
-`Bucketer`, and each batch is counted as the trainer computes it: padded (prompts padded to the
-longest, a source slot for every sample once one sample is an edit) or packed (real tokens only).
+token; ViT images 224-532 px, 28 px per token; a 70/30 T2I/edit mix; rows sent at 16,384 tokens,
+never past 20,480): synthetic native image sizes and caption lengths go through the real
+`ResolutionPolicy` and `Bucketer`, one VAE size per batch and packed rows of every size side by
+side, and each batch is counted as the trainer computes it: padded (prompts padded to the longest,
+a source slot for every sample once one sample is an edit; one padded batch per size) or packed
+(real tokens only).
 Condition dropout is left out here (packed rows also skip dropped tokens; padded ones do not).
 (b) The tiny model (recipes/tiny.yaml) trained on batches of its own mixture pipeline (shapes
 world, T2I and edits): forward + backward + AdamW step per batch in both layouts, from the same
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, vae_multiple_of
+from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.model import build_model
 from lightbagel.recipe import load_recipe
@@ -74,28 +76,33 @@ def synthetic_sample(rng: random.Random, policy: ResolutionPolicy, edit_fraction
 
 
 def count_batch(counts: Counts, batch: list[Pending]) -> None:
-    und = [p.sample[0] for p in batch]
-    slots = [p.sample[1] for p in batch]
-    per_slot = batch[0].sample[2]  # one VAE size per batch
-    n, most = len(batch), max(slots)
-    counts.real += sum(und) + per_slot * sum(slots)
-    counts.padded += n * max(und) + n * most * per_slot
-    counts.packed += sum(und) + per_slot * sum(slots)
-    counts.images_padded += n * most
-    counts.images_packed += sum(slots)
+    """A batch as each layout computes it: packed, real tokens only; padded, one padded batch per
+    VAE size (a mixed row's sizes cannot share a padded tensor)."""
+    for size in {p.sample[3] for p in batch}:
+        group = [p for p in batch if p.sample[3] == size]
+        und, slots, per_slot = [p.sample[0] for p in group], [p.sample[1] for p in group], group[0].sample[2]
+        n, most = len(group), max(slots)
+        counts.padded += n * max(und) + n * most * per_slot
+        counts.images_padded += n * most
+    und, slots = sum(p.sample[0] for p in batch), sum(p.sample[1] * p.sample[2] for p in batch)
+    counts.real += und + slots
+    counts.packed += und + slots
+    counts.images_packed += sum(p.sample[1] for p in batch)
     counts.batches += 1
-    counts.with_edit += most > 1
+    counts.with_edit += max(p.sample[1] for p in batch) > 1
 
 
-def paper_geometry(n_samples: int, seed: int = 0) -> Counts:
+def paper_geometry(n_samples: int, mix_sizes: bool, seed: int = 0) -> Counts:
+    """The paper recipe's bucketing of `n_samples` synthetic samples; `mix_sizes`: packed rows of
+    every size (data.packing.layout packed), else one VAE size per batch."""
     data = load_recipe(PAPER).config.data
     policy = ResolutionPolicy(data.resolution, PAPER_VAE_MULTIPLE)
     edit_fraction = data.task_weights["edit"] / sum(data.task_weights.values())
-    bucketer = Bucketer(data.batch_size, data.packing.token_budget)
+    bucketer = Bucketer(data.batch_size, data.packing.token_budget, data.packing.max_tokens, mix_sizes)
     rng, counts = random.Random(seed), Counts()
     for draw in range(n_samples):
         size, und, slots, per_slot = synthetic_sample(rng, policy, edit_fraction)
-        full = bucketer.add(size, Pending(draw, und + slots * per_slot, (und, slots, per_slot)))
+        full = bucketer.add(size, Pending(draw, und + slots * per_slot, (und, slots, per_slot, size)))
         if full:
             count_batch(counts, full)
         oldest = bucketer.oldest()
@@ -109,7 +116,7 @@ def tiny_batches(n: int, root: Path) -> list:
     recipe = load_recipe(TINY).config
     model = build_model(recipe)
     data = replace(recipe.data, num_samples=max(400, 20 * n))
-    dm = MixtureDataModule(data, model.und.processor, root, vae_multiple=vae_multiple_of(model.gen))
+    dm = MixtureDataModule(data, model.und.processor, root, vae_multiple=model.gen.vae_multiple)
     dm.prepare_data()
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
@@ -154,15 +161,16 @@ def tiny_timing(n: int, repeats: int) -> tuple[list[float], list[float], int, in
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    c, budget = paper_geometry(args.samples), load_recipe(PAPER).config.data.packing.token_budget
-    print(f"(a) paper geometry, {args.samples} samples in {c.batches} batches ({c.with_edit} with an edit), "
-          f"mean {c.real / c.batches:.0f} real tokens per batch (budget {budget}):")
-    print(f"    real-token fraction of computed token slots: padded {c.real / c.padded:.1%}, "
-          f"packed {c.real / c.packed:.1%}; padded computes {c.padded / c.packed:.2f}x the packed tokens")
-    print(f"    packed rows fill {c.real / c.batches / budget:.1%} of the token budget on average (one VAE size per "
-          f"batch: `max_wait` sends short batches of rare sizes)")
-    print(f"    VAE encodes: padded {c.images_padded} images, packed {c.images_packed} "
-          f"({c.images_padded / c.images_packed:.2f}x)")
+    budget = load_recipe(PAPER).config.data.packing.token_budget
+    for mix, c in ((False, paper_geometry(args.samples, False)), (True, paper_geometry(args.samples, True))):
+        rows = "packed rows of every VAE size" if mix else "one VAE size per batch"
+        print(f"(a) paper geometry, {rows}: {args.samples} samples in {c.batches} batches ({c.with_edit} with an "
+              f"edit), mean {c.real / c.batches:.0f} real tokens per batch (budget {budget}):")
+        print(f"    real-token fraction of computed token slots: padded {c.real / c.padded:.1%}, "
+              f"packed {c.real / c.packed:.1%}; padded computes {c.padded / c.packed:.2f}x the packed tokens")
+        print(f"    packed rows fill {c.real / c.batches / budget:.1%} of the token budget on average")
+        print(f"    VAE encodes: padded {c.images_padded} images, packed {c.images_packed} "
+              f"({c.images_padded / c.images_packed:.2f}x)")
     padded, packed, real, slots = tiny_timing(args.batches, args.repeats)
     ratios = [a / b for a, b in zip(padded, packed)]
     print(f"(b) tiny model, {args.batches} mixture batches x {args.repeats} paired steps, "

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.recipe import load_recipe
 from lightbagel.training.module import LightBagelModule
@@ -41,7 +40,7 @@ def parse_args() -> argparse.Namespace:
 def loader(root: Path, workers: int, prefetch: bool):
     cfg = load_recipe(REPO / "recipes" / "tiny.yaml", [f"data.num_workers={workers}"]).config
     model = LightBagelModule(cfg).model
-    dm = MixtureDataModule(cfg.data, model.und.processor, root, vae_multiple=vae_multiple_of(model.gen))
+    dm = MixtureDataModule(cfg.data, model.und.processor, root, vae_multiple=model.gen.vae_multiple)
     dm.prepare_data()
     dm.setup("fit")
     prefetcher = dm.train_dataloader()

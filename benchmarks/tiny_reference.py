@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.evaluation.synthetic import CATEGORIES, passed, synthetic_items
 
 VOCAB = {word: i + 1 for i, word in enumerate(shapes.vocabulary())}  # 0 pads

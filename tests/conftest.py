@@ -46,7 +46,7 @@ def tiny_model(tiny_recipe):
 def make_batch():
     """A mixed T2I + edit batch from the shapes world, collated for a given model."""
     from lightbagel.data.collate import Collator
-    from lightbagel.training.callbacks import validation_samples
+    from lightbagel.shapes.heldout import validation_samples
 
     def make(model, n: int = 4, image_size: int = 32, seed: int = 0):
         torch.manual_seed(seed)

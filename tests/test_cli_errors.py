@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from PIL.Image import DecompressionBombError
+from safetensors import SafetensorError
 
 from lightbagel.cli import data, demo, export, fit, plan
 from lightbagel.cli import eval as eval_cli
+from lightbagel.cli.common import at_boundary
 from lightbagel.cli.generate import chat_main, edit_main, generate_main
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
@@ -48,6 +55,18 @@ def _cases(model: str, tmp) -> dict[str, tuple]:
         "plan-zero-gpus": (plan.main, [str(TINY), "--gpus", "0"], ["--gpus"]),
         "fit-unknown-flag": (fit.main, [str(TINY), "--bogus"], ["--bogus"]),
         "demo-missing-model": (demo.main, ["--model", str(tmp / "nope")], ["recipe.yaml"]),
+        "generate-infinite-guidance": (generate_main, ["a", "--model", model, "--cfg-text", "inf"],
+                                       ["--cfg-text", "finite"]),
+        "generate-nan-renorm-min": (generate_main, ["a", "--model", model, "--renorm-min", "nan", "--out", str(tmp)],
+                                    ["renorm_min must be a finite number"]),
+        "generate-260kb-prompt": (generate_main, ["red " * 65_000, "--model", model, "--out", str(tmp)],
+                                  ["prompt 1 is longer than the 512 tokens this model reads"]),
+        # Errors of the library layers (ValueError, OSError) reach the command line as one line too.
+        "fit-no-objective": (fit.main, [str(TINY), "objective.flow_weight=0", f"output_dir={tmp / 'o'}"],
+                             ["objective.flow_weight 0.0", "at least one > 0"]),
+        "fit-sd3-rope-theta": (fit.main, [str(TINY), "generation=tiny_sd3", "generation.rope_theta=5",
+                                          f"output_dir={tmp / 'o'}"], ["SD3 has no rotary embedding"]),
+        "fit-output-under-a-file": (fit.main, [str(TINY), f"output_dir={TINY / 'run'}"], ["tiny.yaml"]),
     }
 
 
@@ -69,3 +88,46 @@ def test_device_cuda_without_a_gpu_says_so(export_dir, capsys):
     assert generate_main(["a red circle", "--model", export_dir, "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "lightbagel-generate: --device cuda: torch sees no CUDA GPU on this machine; use --device cpu"
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims `width` x `height` pixels: a decompression bomb costs nothing to make."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+# 100M pixels: PIL only warns, then would decode ~300 MB; 400M: PIL raises its own error.
+@pytest.mark.parametrize("side", [10_000, 20_000])
+@pytest.mark.parametrize("command", [edit_main, chat_main])
+def test_a_decompression_bomb_is_refused_in_one_line(command, side, export_dir, tmp_path, capsys):
+    bomb = _png_header(tmp_path / "bomb.png", side, side)
+    out = ["--out", str(tmp_path)] if command is edit_main else []
+    assert command(["x", "--image", str(bomb), "--model", export_dir, *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bomb) in err, err
+
+
+def _raise(error: BaseException):
+    def run() -> int:
+        raise error
+    return run
+
+
+# What a full disk or a hostile file raises inside the libraries every command calls.
+LIBRARY_ERRORS = {
+    "disk-full": lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out/model.safetensors"),
+    "safetensors-write": lambda: SafetensorError("Error while serializing: I/O error: No space left on device"),
+    "decompression-bomb": lambda: DecompressionBombError("Image size (400000000 pixels) exceeds limit"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LIBRARY_ERRORS))
+def test_an_expected_library_error_is_one_line(kind, capsys):
+    assert at_boundary("lightbagel-x", _raise(LIBRARY_ERRORS[kind]())) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightbagel-x: ") and "\n" not in err and "Traceback" not in err, err

@@ -28,6 +28,10 @@ def test_edit_and_chat_work_on_a_rendered_scene(actions):
     (lambda a: a.edit(None, "make it green", seed=0, steps=2, cfg_text=4.0, cfg_image=1.5), "upload a source image"),
     (lambda a: a.chat(None, "what is it", max_new_tokens=3), "upload an image"),
     (lambda a: a.scene("a pink circle"), "cannot draw 'a pink circle'"),
+    # A 260 KB prompt: refused by the model's token limit before anything is allocated for it.
+    (lambda a: a.generate("red " * 65_000, seed=0, steps=2, cfg_text=4.0), "prompt 1 is longer than the 512 tokens"),
+    (lambda a: a.chat(a.scene("a red circle"), "red " * 65_000, max_new_tokens=3), "the question is longer than"),
+    (lambda a: a.generate("a red circle", seed=0, steps=2, cfg_text=float("inf")), "text_guidance must be a finite"),
 ])
 def test_a_missing_input_is_one_message(actions, call, message):
     with pytest.raises(ValueError, match=message):

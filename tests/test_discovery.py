@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lightbagel import shapes
 from lightbagel.cli import data as data_cli
 from lightbagel.cli import fit as fit_cli
-from lightbagel.data import shapes
-from lightbagel.data.captions import scene_from_caption
 from lightbagel.recipe import load_recipe
 from lightbagel.recipe.schema import KINDS
+from lightbagel.shapes.captions import scene_from_caption
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lightbagel.data.collate import Collator
+from lightbagel.data.collate import Collator, MixedBatch
 from lightbagel.model import build_model
-from lightbagel.packing import LAYOUTS, pack
+from lightbagel.packing import LAYOUTS, pack, row_velocities
 from lightbagel.recipe.schema import ObjectiveConfig
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 from lightbagel.training.module import drop_conditions
 from tests.test_model import _perturb_fusion
 
@@ -31,8 +31,8 @@ def _batch(model, tasks: str, size: int = 16):
     return Collator(model.und.processor, size)(samples)
 
 
-def _velocities(model, batch, uniform: torch.Tensor, layout: str, seed: int = 0) -> torch.Tensor:
-    """(B, per_slot, P) target-token velocities of one layout."""
+def _inputs(model, batch, uniform: torch.Tensor, seed: int = 0) -> tuple:
+    """A batch's model inputs (und, noisy, t, sources, source_valid, source_order), as the trainer makes them."""
     und, source_valid = drop_conditions(batch, HALF, uniform[:len(batch)])
     vae = model.gen.vae
     x0 = vae.encode(batch.target)
@@ -40,7 +40,21 @@ def _velocities(model, batch, uniform: torch.Tensor, layout: str, seed: int = 0)
     g = torch.Generator().manual_seed(seed)
     noise, t = torch.randn(x0.shape, generator=g), torch.rand(len(batch), generator=g)
     noisy = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
-    return LAYOUTS[layout](model, und, noisy, t, sources, source_valid, batch.source_order)
+    return und, noisy, t, sources, source_valid, batch.source_order
+
+
+def _velocities(model, batch, uniform: torch.Tensor, layout: str, seed: int = 0) -> torch.Tensor:
+    """(B, per_slot, P) target-token velocities of one layout."""
+    return LAYOUTS[layout](model, *_inputs(model, batch, uniform, seed))
+
+
+def _mixed_batch(model) -> MixedBatch:
+    """Samples of three target sizes, interleaved: 16 x 16 (T2I and edits), 24 x 16 and 12 x 20."""
+    samples = validation_samples(10, 16, seed=3)
+    for i, sample in enumerate(samples):
+        size = [(16, 16), (24, 16), (12, 20)][i % 3]
+        samples[i] = {**sample, **{k: sample[k].resize(size) for k in ("target", "source") if sample[k] is not None}}
+    return Collator(model.und.processor, 16)(samples)
 
 
 @pytest.fixture
@@ -85,7 +99,9 @@ def test_packed_row_holds_only_real_tokens(fused):
     assert packed.gen.latents.shape[2] == 11 and packed.targets.tolist() == [0, 1, 3, 4, 5, 6, 8, 10]
 
 
-def test_packed_loss_and_gradients_equal_padded(tiny_recipe):
+def _layout_losses(tiny_recipe, make_batch) -> tuple:
+    """Per layout: (loss, target tokens) and the gradients of one batch, from the same weights and
+    per-sample seeds; also the last module and batch."""
     from lightbagel.training.module import LightBagelModule
 
     grads, losses = {}, {}
@@ -94,16 +110,53 @@ def test_packed_loss_and_gradients_equal_padded(tiny_recipe):
             tiny_recipe.config.data.packing, layout=layout)))
         module = LightBagelModule(recipe)
         _perturb_fusion(module.model)
-        batch = _batch(module.model, "tetteett")
+        batch = make_batch(module.model)
         loss, n_tokens = module.flow_matching_loss(batch, seeds=list(range(len(batch))))
         loss.backward()
         losses[layout] = (loss.detach(), n_tokens)
         grads[layout] = {n: p.grad for n, p in module.model.named_parameters() if p.grad is not None}
+    return losses, grads, module, batch
+
+
+def _assert_layouts_agree(losses: dict, grads: dict) -> None:
     assert losses["packed"][1] == losses["padded"][1]
     torch.testing.assert_close(losses["packed"][0], losses["padded"][0], rtol=1e-5, atol=1e-6)
     assert grads["packed"].keys() == grads["padded"].keys() and len(grads["packed"]) > 10
     for name, grad in grads["packed"].items():
         torch.testing.assert_close(grad, grads["padded"][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_loss_and_gradients_equal_padded(tiny_recipe):
+    _assert_layouts_agree(*_layout_losses(tiny_recipe, lambda model: _batch(model, "tetteett"))[:2])
+
+
+@torch.no_grad()
+def test_mixed_size_row_gives_the_velocities_of_padded_batches(fused):
+    """One packed row of three image sizes (parts embedded apart, joined token by token) computes
+    each sample's velocity as padded batches of one size each do."""
+    batch = _mixed_batch(fused)
+    assert [tuple(g.target.shape[-2:]) for g in batch.groups] == [(16, 16), (16, 24), (20, 12)]
+    assert len(batch) == 10 and any(bool(g.has_source.any()) for g in batch.groups)
+    inputs = [_inputs(fused, group, DROPS.roll(i, 0), seed=i) for i, group in enumerate(batch.groups)]
+    packed, padded = (row_velocities(fused, inputs, layout) for layout in ("packed", "padded"))
+    assert [v.shape[1] for v in packed] == [16, 24, 15]  # DiT tokens per target: 4 px per token side
+    for a, b in zip(packed, padded):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_size_loss_and_gradients_equal_padded(tiny_recipe):
+    """The loss of a row of several sizes is the mean over every target token of the batch: the
+    padded batches' losses weighted by their tokens, with the same per-sample draws."""
+    losses, grads, module, batch = _layout_losses(tiny_recipe, _mixed_batch)
+    with torch.no_grad():  # size by size, each group's own seeds
+        first, parts = 0, []
+        for group in batch.groups:
+            parts.append(module.flow_matching_loss(group, seeds=list(range(first, first + len(group)))))
+            first += len(group)
+    assert losses["padded"][1] == sum(n for _, n in parts) == 4 * 16 + 3 * 24 + 3 * 15
+    by_parts = sum(loss * n for loss, n in parts) / losses["padded"][1]
+    torch.testing.assert_close(losses["packed"][0], by_parts, rtol=1e-5, atol=1e-6)
+    _assert_layouts_agree(losses, grads)
 
 
 def test_vae_encodes_only_real_images(tiny_recipe):
@@ -163,14 +216,14 @@ def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
         mask = batch.und.attention_mask
         und, gen = (int(mask.sum()), 5 * per_slot) if layout == "packed" else (mask.numel(), 8 * per_slot)
         assert int(mask.sum()) < mask.numel()
-        assert module._batch_flops(batch, 4 * per_slot) == train_flops(module._weights, und, gen)
+        assert module._batch_flops(batch) == train_flops(module._weights, und, gen)
 
 
 @torch.no_grad()
 def test_packed_rows_under_flex_equal_padded_rows(fused):
     """The GPU path's rule: a packed row's `mask_mod` (fusion/flex.py; samples do not ascend along the
     joint row [und of every sample; gen of every sample]) gives the padded dense velocities. Eager
-    flex applies the `mask_mod` everywhere; tests/test_flex.py checks the tile classes."""
+    flex applies the `mask_mod` everywhere; tests/fusion/test_flex.py checks the tile classes."""
     batch = _batch(fused, "tteeetee")
     padded = _velocities(fused, batch, DROPS, "padded")
     fused.attention = "flex"  # eager flex_attention: forward only on CPU

@@ -11,10 +11,10 @@ from typing import Optional
 
 from PIL import Image
 
-from lightbagel.data.captions import scene_from_caption
 from lightbagel.data.images import to_rgb
-from lightbagel.data.shapes import render
 from lightbagel.inference.guidance import TASK_DEFAULTS
+from lightbagel.shapes import render
+from lightbagel.shapes.captions import scene_from_caption
 
 EXAMPLE_SCENE = "a red circle left of a blue square"
 SHOWN_SIZE = 256  # outputs are upscaled (nearest) so a 32 px tiny-model image is visible

@@ -11,16 +11,16 @@ from torch import nn
 
 from lightbagel.backbones.generation.base import GenerationAdapter
 from lightbagel.backbones.understanding.base import UnderstandingAdapter
+from lightbagel.flow_matching import PREDICTIONS
 from lightbagel.fusion import StreamSpec, vlm_depth_schedule
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import OrderMask, causal_order_mask
 from lightbagel.fusion.prefix import PrefixMask
 from lightbagel.inputs import GenInputs, UndInputs
-from lightbagel.packing import PackedInputs
-from lightbagel.precision import training_plan
+from lightbagel.packing import PackedInputs, PackedRow
+from lightbagel.precision import precision_of
 from lightbagel.recipe.schema import FusionConfig, RecipeConfig
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING
-from lightbagel.training.flow_matching import PREDICTIONS
 
 
 @dataclass
@@ -67,6 +67,9 @@ class SourceCache:
 
 
 class LightBagel(nn.Module):
+    # Methods the trainer calls besides `forward` (packed rows: packing.py; the understanding
+    # objective: training/module.py); FSDP2 gathers the root's weights around each.
+    fsdp_entry_points = ("forward_packed", "vlm_logits")
     def __init__(self, und: UnderstandingAdapter, gen: GenerationAdapter, fusion: nn.ModuleList,
                  schedule: list[int]):
         super().__init__()
@@ -78,12 +81,13 @@ class LightBagel(nn.Module):
     def forward(self, und: UndInputs, gen: GenInputs) -> FusedOutput:
         return self._run(und, gen, keep_kv=False)[0]
 
-    def forward_packed(self, packed: PackedInputs) -> FusedOutput:
-        """`forward` over a packed row (packing.py): (1, N, D_und) und states and (1, Lg, p * C) velocity."""
-        h_und, rope_und = packed.gather_und(*self.und.embed(packed.und), self.und)
-        h_gen, rope_gen, cond = self.gen.embed(packed.gen)
-        masks = packed.masks(h_gen.shape[1] // packed.gen.valid.shape[1], self.attention)
-        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, packed.gen, keep_kv=False)[0]
+    def forward_packed(self, packed: PackedInputs | PackedRow) -> FusedOutput:
+        """`forward` over a packed row (packing.py): (1, N, D_und) und states and (1, Lg, p * C)
+        velocity; a `PackedRow` joins parts of several image sizes."""
+        row = packed if isinstance(packed, PackedRow) else PackedRow([packed])
+        h_und, rope_und, h_gen, rope_gen, cond, per_slot = row.embed(self.und, self.gen)
+        masks = row.masks(per_slot, self.attention)
+        return self._stack(h_und, h_gen, rope_und, rope_gen, cond, masks, row.gen_parts(per_slot), keep_kv=False)[0]
 
     def _run(self, und: UndInputs, gen: GenInputs, keep_kv: bool) -> tuple[FusedOutput, list]:
         h_und, rope_und = self.und.embed(und)
@@ -98,7 +102,7 @@ class LightBagel(nn.Module):
             source = SourceCache(gen_mask.store, joint.store, gen_mask.k_order[:, :n_src], gen_mask.k_valid[:, :n_src])
         return out, (kv, source)
 
-    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, gen: GenInputs,
+    def _stack(self, h_und, h_gen, rope_und, rope_gen, cond, masks, gen: GenInputs | list,
                keep_kv: bool) -> tuple[FusedOutput, list]:
         """Every VLM, DiT and fusion block in lockstep; with `keep_kv` the und K/V of each fusion block."""
         joint, und_mask, gen_mask = masks
@@ -156,10 +160,6 @@ class LightBagel(nn.Module):
         out, (kv, source) = self._run(und, gen, keep_kv=True)
         return out, UndCache(kv, und.order, und.valid, source)
 
-    def encode_understanding(self, und: UndInputs, gen: GenInputs) -> UndCache:
-        """The cache alone; `gen` must hold the clean source slots (any noise in the target)."""
-        return self.forward_with_cache(und, gen)[1]
-
     def forward_generation(self, gen: GenInputs, cache: UndCache) -> torch.Tensor:
         """The velocity of `forward` for these gen inputs, skipping the VLM: (B, Lg, p * C).
 
@@ -177,10 +177,13 @@ class LightBagel(nn.Module):
             h_gen = fusion.attend_generation(h_gen, rows, rope_gen, cache.kv[i])
         return self._velocity(self.gen.head(self._dit_tail(h_gen, gen_mask, rope_gen, cond), cond), gen)
 
-    def _velocity(self, out: torch.Tensor, gen: GenInputs) -> torch.Tensor:
+    def _velocity(self, out: torch.Tensor, gen: GenInputs | list) -> torch.Tensor:
         """The head's output (B, Lg, p * C) read as a velocity, per `objective.prediction`."""
         if self.prediction == "velocity":  # as is: no patchified copy of the latents per forward
             return out
+        if isinstance(gen, list):  # a packed row's parts, (tokens, GenInputs) each: read part by part
+            pieces = out.split([n for n, _ in gen], dim=1)
+            return torch.cat([self._velocity(o, part) for o, (_, part) in zip(pieces, gen)], dim=1)
         per_slot = out.shape[1] // gen.timesteps.shape[1]
         t = gen.timesteps.repeat_interleave(per_slot, dim=1)[..., None]
         return PREDICTIONS[self.prediction](out, self.gen.patchify(gen.latents).type_as(out), t.to(out.dtype))
@@ -243,11 +246,11 @@ def build_model(recipe: RecipeConfig, device: Optional[torch.device | str] = Non
     bf16-mixed); random parts are fp32 until `precision.apply_precision` runs.
     """
     torch.manual_seed(recipe.seed)
-    plan = training_plan(recipe)
+    precision = precision_of(recipe.trainer)
     und_cfg, gen_cfg = recipe.understanding, recipe.generation
     with torch.device(device) if device is not None else nullcontext():
-        und = UNDERSTANDING.get(und_cfg.adapter)(und_cfg, plan.read_dtype(frozen=und_cfg.freeze))
-        gen = GENERATION.get(gen_cfg.adapter)(gen_cfg, plan.read_dtype(frozen=gen_cfg.freeze))
+        und = UNDERSTANDING.get(und_cfg.adapter)(und_cfg, precision.read_dtype(frozen=und_cfg.freeze))
+        gen = GENERATION.get(gen_cfg.adapter)(gen_cfg, precision.read_dtype(frozen=gen_cfg.freeze))
         heads, head_dim = fusion_geometry(recipe.fusion, und, gen)
         specs = StreamSpec(und.hidden_size, und.rotate), StreamSpec(gen.hidden_size, gen.rotate)
         fusion = FUSION.get(recipe.fusion.block)(recipe.fusion, *specs, heads, head_dim, gen.num_layers)

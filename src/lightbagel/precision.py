@@ -5,8 +5,9 @@ Decided here and nowhere else (docs/full_size.md, "Precision"):
   are fp32 too: at lr 3e-5 on weights of std ~0.02 a step is below half a bf16 ulp for most
   entries, and pure bf16 training silently drops it;
 - frozen weights (VLM, the DiT's unused text path) are stored in the compute dtype;
-- whatever the original models run in fp32 stays fp32 (`FP32_KEEP`): rotary frequencies, the
-  timestep embedding path, the adaLN modulation tables, the VAE and its latent statistics;
+- whatever the original models run in fp32 stays fp32 (each adapter's `keep_in_fp32`): rotary
+  frequencies, the timestep embedding path, the adaLN modulation tables, the VAE and its latent
+  statistics;
 - compute runs in bf16 through autocast, and under FSDP2 through `MixedPrecisionPolicy`
   (training/sharding.py), with gradients reduced in fp32;
 - with `trainer.fp32_residual` (on by default, as Wan2.2 runs) the DiT's residual stream and
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from lightbagel.errors import LightBagelError
-from lightbagel.recipe.schema import DTYPE_NAMES, RecipeConfig, TrainerConfig
+from lightbagel.recipe.schema import DTYPE_NAMES, TrainerConfig
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -43,6 +44,10 @@ class Precision:
     master: torch.dtype  # trainable weights, their gradients and AdamW state
     frozen: torch.dtype  # frozen weights
 
+    def read_dtype(self, frozen: bool) -> torch.dtype:
+        """The dtype a backbone's checkpoint is read in (host memory while loading)."""
+        return self.frozen if frozen else self.master
+
 
 _F32, _BF16, _F16 = torch.float32, torch.bfloat16, torch.float16
 PRECISIONS: dict[str, Precision] = {
@@ -55,32 +60,10 @@ PRECISIONS: dict[str, Precision] = {
     "bf16-true": Precision("bf16-mixed", _BF16, _BF16, _BF16),
 }
 
-# Per adapter: name patterns (re.search inside the component) of the parameters and buffers the
-# original code keeps in fp32.
-FP32_KEEP: dict[str, tuple[str, ...]] = {
-    # Rotary inv_freq of the LLM (M-RoPE) and of the ViT: in bf16 the phase is off by up to
-    # ~0.7 rad at distance 600, and the frozen VLM no longer computes the original model.
-    "qwen2_5_vl": ("rotary",),
-    "qwen2_vl": ("rotary",),
-    # Wan runs its 3D RoPE, timestep embedding/projection and modulation in fp32
-    # (https://github.com/Wan-Video/Wan2.2, wan/modules/model.py; diffusers'
-    # WanTransformer3DModel._keep_in_fp32_modules).
-    "wan": (r"^rope\.", r"^condition_embedder\.(time_embedder|time_proj)\.", r"(^|\.)scale_shift_table$"),
-    # SD3's equivalent of Wan's time path (it has no rotary and no modulation table).
-    "sd3": (r"^time_text_embed\.timestep_embedder\.",),
-    # VAEs run in fp32 (Wan's pipeline does), latent mean/std included: every name matches.
-    "wan_vae": ("",),
-    "sd3_vae": ("",),
-    "pixel": ("",),
-}
-# Where each component's names start inside LightBagel.
-_COMPONENTS = {"understanding": "und.", "generation": "gen.dit.", "vae": "gen.vae."}
-
-
 @dataclass(frozen=True)
 class PrecisionPlan:
     precision: Precision
-    keep: tuple[tuple[str, str], ...]  # (component prefix in LightBagel, FP32_KEEP pattern)
+    keep: tuple[tuple[str, str], ...]  # (component prefix in LightBagel, a `keep_in_fp32` pattern)
     # The DiT's residual stream and output head in fp32 (`trainer.fp32_residual`), where its adapter
     # offers it (`fp32_residual` on the class); compute inside each block stays in the compute dtype.
     fp32_residual: bool = False
@@ -93,22 +76,15 @@ class PrecisionPlan:
             return torch.float32
         return self.precision.master if trainable else self.precision.frozen
 
-    def read_dtype(self, frozen: bool) -> torch.dtype:
-        """The dtype a backbone's checkpoint is read in (host memory while loading)."""
-        return self.precision.frozen if frozen else self.precision.master
-
     @property
     def mixed(self) -> bool:
         return self.precision.compute != torch.float32
 
 
-def keep_patterns(recipe: RecipeConfig) -> tuple[tuple[str, str], ...]:
-    adapters = {"understanding": recipe.understanding.adapter, "generation": recipe.generation.adapter,
-                "vae": recipe.generation.vae.adapter}
-    for part, adapter in adapters.items():
-        if adapter not in FP32_KEEP:
-            raise ValueError(f"{part} adapter {adapter!r} has no fp32 list in precision.FP32_KEEP; add one")
-    return tuple((_COMPONENTS[part], p) for part, adapter in adapters.items() for p in FP32_KEEP[adapter])
+def keep_patterns(model: nn.Module) -> tuple[tuple[str, str], ...]:
+    """(prefix, pattern) of what each part of the fused model declares fp32 (`keep_in_fp32`)."""
+    parts = {"und.": model.und, "gen.dit.": model.gen, "gen.vae.": model.gen.vae}
+    return tuple((prefix, p) for prefix, part in parts.items() for p in part.keep_in_fp32)
 
 
 def precision_of(tr: TrainerConfig) -> Precision:
@@ -117,14 +93,14 @@ def precision_of(tr: TrainerConfig) -> Precision:
     return PRECISIONS[tr.precision]
 
 
-def training_plan(recipe: RecipeConfig) -> PrecisionPlan:
-    precision = precision_of(recipe.trainer)
-    return PrecisionPlan(precision, keep_patterns(recipe), recipe.trainer.fp32_residual and precision.compute != _F32)
+def training_plan(tr: TrainerConfig, model: nn.Module) -> PrecisionPlan:
+    precision = precision_of(tr)
+    return PrecisionPlan(precision, keep_patterns(model), tr.fp32_residual and precision.compute != _F32)
 
 
-def inference_plan(recipe: RecipeConfig, dtype: torch.dtype) -> PrecisionPlan:
+def inference_plan(model: nn.Module, dtype: torch.dtype) -> PrecisionPlan:
     """One compute dtype for every weight but the fp32 list (no optimizer, no masters)."""
-    return PrecisionPlan(Precision("32-true", dtype, dtype, dtype), keep_patterns(recipe))
+    return PrecisionPlan(Precision("32-true", dtype, dtype, dtype), keep_patterns(model))
 
 
 class PrecisionError(LightBagelError, ValueError):

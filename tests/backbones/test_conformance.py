@@ -15,10 +15,10 @@ from diffusers import SD3Transformer2DModel
 
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
+from lightbagel.model_folder import export_model, load_exported
 from lightbagel.recipe import load_recipe
 from lightbagel.registry import FUSION, GENERATION, UNDERSTANDING, VAE
-from lightbagel.training.export import export_model, load_exported
-from lightbagel.training.sharding import BLOCK_UNITS
+from lightbagel.training.sharding import BlockUnits
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -66,7 +66,21 @@ def test_every_registered_adapter_has_a_tiny_card():
     assert set(VAE.names()) <= set(VAE_CARDS.values()), "add a tiny generation card whose vae uses the codec"
     fusion_cards = {yaml.safe_load(p.read_text())["block"] for p in (REPO / "components" / "fusion").glob("*.yaml")}
     assert set(FUSION.names()) <= fusion_cards, "add components/fusion/<name>.yaml"
-    assert set(UNDERSTANDING.names()) | set(GENERATION.names()) <= set(BLOCK_UNITS.names()), "register its blocks"
+
+
+ADAPTER_CARDS = [("understanding", c) for c in UND_CARDS] + [("generation", c) for c in GEN_CARDS]
+
+
+@pytest.mark.parametrize("kind,card", ADAPTER_CARDS)
+def test_adapter_declares_its_fp32_weights_and_its_blocks(kind, card):
+    """What precision.py and training/sharding.py read from the adapter's class, and nowhere else."""
+    model = fused(f"{kind}={card}")
+    adapter = model.und if kind == "understanding" else model.gen
+    for fact in ("keep_in_fp32", "blocks", "block_called"):
+        assert hasattr(type(adapter), fact), f"{type(adapter).__name__} must declare {fact}"
+    units = BlockUnits.of(adapter)
+    assert len(units.modules) == adapter.num_layers and all(isinstance(m, torch.nn.Module) for m in units.modules)
+    assert all(m is not adapter for m in units.modules)
 
 
 @pytest.mark.parametrize("card", VAE_CARDS)

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from lightbagel.cli.fit import main
-from lightbagel.training.export import resolved_recipe
+from lightbagel.model_folder import resolved_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT = ["trainer.max_steps=2", "trainer.mlflow.enabled=false", "trainer.sample_every_n_steps=0",

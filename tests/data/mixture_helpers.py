@@ -37,10 +37,27 @@ def write_source(out: Path, name: str, n: int, per_shard: int = 10, size=(16, 16
     return sorted(str(p) for p in out.glob(f"{name}-*.tar"))
 
 
+class WordTokenizer:
+    """One id per word, as a transformers tokenizer is called (truncation to `max_length`)."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False, truncation: bool = False,
+                 max_length: int | None = None) -> dict:
+        ids = [1] * len(text.split())
+        return {"input_ids": ids[:max_length] if truncation and max_length else ids}
+
+
 class WordProcessor:
     """A picklable stand-in for the VLM processor: one token per word, one per 8x8 ViT patch."""
 
     pad_token_id = 0
+    turn_start, turn_end = "<|im_start|>", "<|im_end|>"
+    tokenizer = WordTokenizer()
+    max_tokens: int | None = None
+
+    def too_long(self, text, limit=None):
+        from lightbagel.backbones.understanding.base import UndProcessor
+
+        return UndProcessor.too_long(self, text, limit)
 
     def encode(self, segments):
         from lightbagel.backbones.understanding.base import EncodedPrompt

@@ -5,7 +5,7 @@ from mixture_helpers import png
 
 from lightbagel.cli.data import main
 from lightbagel.data.samples import to_record
-from lightbagel.data.shards import SkipCounter
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import read_shard
 
 
@@ -28,6 +28,21 @@ def test_images_folder_to_t2i_shards(tmp_path):
     records = read_all(tmp_path / "out", "t2i")
     assert [r["text"] for r in records] == [f"caption {i}" for i in range(5)]
     assert all(r["task"] == "t2i" and r["target"].size == (24, 16) for r in records)
+
+
+def test_a_file_named_as_an_image_that_is_not_one_is_left_out_and_said(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, data in (("good.png", png((16, 16))), ("notes.png", b"just some text\n"),
+                       ("cut.png", png((16, 16))[:40])):
+        (folder / name).write_bytes(data)
+        (folder / name).with_suffix(".txt").write_text(f"caption of {name}\n")
+    assert main(["images", str(folder), str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert [r["text"] for r in read_all(tmp_path / "out", "t2i")] == ["caption of good.png"]
+    assert captured.err.strip() == (f"lightbagel-data: left out 2 sample(s) whose image is not a readable image, "
+                                    f"first {folder / 'cut.png'}: UnidentifiedImageError")
+    assert "wrote 1 samples" in captured.out
 
 
 def test_edit_jsonl_to_edit_shards(tmp_path):

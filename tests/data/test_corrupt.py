@@ -1,4 +1,5 @@
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_a_source_with_no_readable_sample_is_a_clear_error(tmp_path):
 def _truncated_passes(shard: str, slots: int, passes: int) -> dict[str, int]:
     """Skip counts summed over `slots` readers of one shard (split by sample), each reading `passes`
     passes and one sample more (the reader meets the cut only when asked past the last good sample)."""
-    from lightbagel.data.shards import SkipCounter
+    from lightbagel.data.skips import SkipCounter
     from lightbagel.data.streams import Slot, SourceStream, read_shard
 
     good = sum(1 for _ in read_shard(shard, None))
@@ -98,7 +99,7 @@ def test_the_skip_warning_says_what_it_counts(caplog):
     import logging
 
     from lightbagel.data.datamodule import MixtureDataModule
-    from lightbagel.data.shards import SkipCounter
+    from lightbagel.data.skips import SkipCounter
 
     dm = object.__new__(MixtureDataModule)  # only the skip bookkeeping is exercised
     dm.skipped, dm.roles = SkipCounter(), {0: {"skipped": {"s": {"truncated_shard": 2}}}}
@@ -106,3 +107,39 @@ def test_the_skip_warning_says_what_it_counts(caplog):
         dm._update_skipped(warn=True)
     assert caplog.messages == ["data: skipped 2 more of s/truncated_shard (2 so far; each bad sample or shard "
                                "counts once per pass over the data)"]
+
+
+def _batched_keys(plan, batches: int) -> tuple[list[str], dict]:
+    keys, state = [], None
+    for batch in itertools.islice(iter(MixtureDataset(plan)), batches):
+        keys += batch.data_state["keys"]
+        state = batch.data_state
+    return keys, state["skipped"]["s"]
+
+
+def und(key: str, content: str, images: int = 1) -> dict:
+    pictures = {f"image_{i}.png": png((16, 16)) for i in range(images)}
+    turns = [{"role": "user", "content": content}, {"role": "assistant", "content": "a"}]
+    return {"__key__": key, "task.txt": "und", **pictures, "conversation.json": json.dumps(turns)}
+
+
+def test_an_und_sample_with_more_image_marks_than_images_is_skipped_and_counted(tmp_path):
+    # The good ones are text-only: the word-per-token stand-in processor cannot mark answers around images.
+    shard = _write(tmp_path / "und.tar", [und(f"good{i}", "what is it", images=0) for i in range(6)] +
+                   [und("marks000", "<image> and <image> and <image>", images=2)])
+    plan = make_plan({"s": ([shard], 1.0)}, batch_size=2, block_size=8, tasks=("und",))
+    keys, counts = _batched_keys(plan, 8)  # more than one pass: the bad sample is drawn, never batched
+    assert "marks000" not in keys and {f"good{i}" for i in range(6)} <= set(keys)
+    assert counts.get("missing_key", 0) >= 1, counts
+
+
+@pytest.mark.parametrize(("budget", "max_tokens"), [(64, None), (None, 50)])
+def test_a_text_longer_than_the_token_budget_or_the_models_limit_is_skipped_and_counted(tmp_path, budget,
+                                                                                        max_tokens):
+    long = {"__key__": "long000", "target.png": png((16, 16)), "caption.txt": "red " * 25_000}  # 100k characters
+    shard = _write(tmp_path / "t2i.tar", [t2i(k) for k in GOOD[:6]] + [long])
+    plan = make_plan({"s": ([shard], 1.0)}, batch_size=2, block_size=8, token_budget=budget)
+    plan.collator.processor.max_tokens = max_tokens
+    keys, counts = _batched_keys(plan, 8)
+    assert "long000" not in keys and set(GOOD[:6]) <= set(keys)
+    assert counts.get("too_long", 0) >= 1, counts

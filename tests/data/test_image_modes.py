@@ -10,7 +10,7 @@ from PIL import Image
 
 from lightbagel.data.images import UnsupportedMode, to_rgb
 from lightbagel.data.samples import BadSample, open_image
-from lightbagel.data.shards import _rgb
+from tests.shapes.shards_reader import _rgb
 
 BIG = 10**8
 

@@ -96,6 +96,31 @@ def test_close_stops_and_joins_every_producer_before_it_returns():
     assert not it.thread.is_alive()
 
 
+def test_close_joins_a_producer_whose_iterator_is_gone():
+    """Lightning drops its iterator when fit ends, before the datamodule's teardown: the producer,
+    still making the next batch, must be joined all the same (else it may still be inside a torch op
+    when the interpreter exits: "terminate called without an active exception", rc 134)."""
+    making, release = threading.Event(), threading.Event()
+
+    def batches():
+        yield 0
+        making.set()
+        release.wait()  # the producer is inside the source, making batch 1
+        yield 1
+
+    loader = Prefetcher(batches(), depth=1)
+    it = iter(loader)
+    assert next(it) == 0
+    making.wait()
+    thread = it.thread
+    del it  # what the training loop does at the end of fit
+    joined, join = [], thread.join
+    thread.join = lambda timeout=None: (joined.append(timeout), join(timeout))
+    release.set()
+    loader.close()
+    assert joined and not thread.is_alive()
+
+
 @pytest.mark.parametrize("hook", ["teardown", "on_exception"])
 def test_the_datamodule_joins_its_producers_when_fit_ends_or_stops(card, hook):  # noqa: F811
     """Lightning calls `teardown` when fit ends and `on_exception` when it stops (SIGTERM, Ctrl-C, an

@@ -6,6 +6,7 @@ import pytest
 import torch
 from mixture_helpers import WordProcessor, write_source
 
+from lightbagel.data.collate import size_groups
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.recipe.schema import DataConfig, PackingConfig, ResolutionConfig, SourceConfig, StageConfig
 
@@ -45,8 +46,11 @@ def consume(dm: MixtureDataModule, n: int) -> list[list[str]]:
     return keys
 
 
-@pytest.mark.parametrize("workers,stop", [(0, 5), (2, 5), (2, 12)])
-def test_resume_continues_with_the_exact_next_samples(card, workers, stop):
+@pytest.mark.parametrize("layout,workers,stop", [("padded", 0, 5), ("padded", 2, 5), ("padded", 2, 12),
+                                                 ("packed", 0, 5), ("packed", 2, 9)])
+def test_resume_continues_with_the_exact_next_samples(card, layout, workers, stop):
+    """Padded batches hold one image size (a bucket per size); packed rows every size (one buffer)."""
+    card = replace(card, packing=replace(card.packing, layout=layout))
     total = 16
     uninterrupted = consume(module(card, workers), total)
     first = module(card, workers)
@@ -59,6 +63,15 @@ def test_resume_continues_with_the_exact_next_samples(card, workers, stop):
     assert resumed.consumed == total
     assert len(set(map(len, uninterrupted))) > 1  # the token budget varied the batch size
     assert any(role and role["pending"] for role in first.state_dict()["ranks"][0]["roles"])
+
+
+def test_packed_rows_mix_image_sizes_and_padded_batches_do_not(card):
+    sizes = {}
+    for layout in ("packed", "padded"):
+        dm = module(replace(card, packing=replace(card.packing, layout=layout)), 0)
+        batches = list(itertools.islice(iter(dm.train_dataloader()), 8))
+        sizes[layout] = [{tuple(g.target.shape[-2:]) for g in size_groups(b)} for b in batches]
+    assert max(map(len, sizes["packed"])) == 3 and max(map(len, sizes["padded"])) == 1
 
 
 def _roundtrip(state: dict) -> dict:
@@ -86,7 +99,7 @@ class KeyRecorder(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.seen.append(batch.data_state["keys"])
-        return (self.w * batch.target.mean()).pow(2).sum() + self.w.sum() * 0
+        return (self.w * size_groups(batch)[0].target.mean()).pow(2).sum() + self.w.sum() * 0
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.evaluation.synthetic import CATEGORIES, EDIT, evaluate_synthetic, passed, synthetic_items
 
 

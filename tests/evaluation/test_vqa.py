@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lightbagel.data import questions, shapes
+from lightbagel import shapes
 from lightbagel.evaluation.vqa import evaluate_vqa, vqa_items
+from lightbagel.shapes import questions
 
 
 class _Answerer:

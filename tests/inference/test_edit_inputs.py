@@ -12,7 +12,6 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.images import to_rgb
 from lightbagel.inference import LightBagelPipeline, SamplerConfig
@@ -45,7 +44,7 @@ def edit_case(tiny_recipe, tmp_path):
     model = build_model(recipe).eval()
     data_cfg = replace(recipe.data, source="webdataset", batch_size=1, num_workers=0, packing=PackingConfig(),
                        sources=[SourceConfig(name="edits", urls=[str(tmp_path / "edit-0000.tar")], task="edit")])
-    data = MixtureDataModule(data_cfg, model.und.processor, tmp_path, vae_multiple=vae_multiple_of(model.gen))
+    data = MixtureDataModule(data_cfg, model.und.processor, tmp_path, vae_multiple=model.gen.vae_multiple)
     data.setup()
     batch = next(iter(data.train_dataloader()))
     return LightBagelPipeline(model, recipe), batch, Image.open(io.BytesIO(_png(source)))

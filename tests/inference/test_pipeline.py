@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightbagel.data import shapes
+from lightbagel import shapes
 from lightbagel.inference import LightBagelPipeline, SamplerConfig
 
 FAST = SamplerConfig(steps=2, shift=1.0)

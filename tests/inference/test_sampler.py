@@ -242,7 +242,7 @@ def bagel_times(num_timesteps: int, shift: float) -> torch.Tensor:
 @pytest.mark.parametrize("num_timesteps", [2, 50])
 def test_bagels_num_timesteps_is_one_more_than_steps_on_the_same_grid(num_timesteps):
     """BAGEL's 50 timesteps are 49 updates; `steps=49` evaluates the model at exactly its times."""
-    from lightbagel.training.flow_matching import sampling_times
+    from lightbagel.flow_matching import sampling_times
 
     ours = sampling_times(num_timesteps - 1, 3.0)
     assert ours[-1] == 0 and len(ours) == num_timesteps

@@ -14,7 +14,7 @@ from lightbagel.model import build_skeleton
 from lightbagel.planning.parts import fusion_split, model_parts
 from lightbagel.precision import apply_precision, inference_plan
 from lightbagel.recipe import load_recipe
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 
 FULL = Path(__file__).resolve().parents[2] / "recipes" / "lightbagel_7b_5b.yaml"
 
@@ -27,7 +27,8 @@ def full_recipe():
 @pytest.fixture(scope="module")
 def full_model(full_recipe):
     # Weights as the bf16 forward sees them (compute copies; the fp32 list in fp32), as lightbagel-plan does.
-    return apply_precision(build_skeleton(full_recipe), inference_plan(full_recipe, torch.bfloat16))
+    model = build_skeleton(full_recipe)
+    return apply_precision(model, inference_plan(model, torch.bfloat16))
 
 
 def test_recipe_holds_the_paper_settings(full_recipe):

@@ -135,8 +135,9 @@ def test_the_gather_term_is_the_root_group_and_two_blocks():
     from lightbagel.training.sharding import model_units
 
     cfg = load_recipe(RECIPES / "tiny.yaml", ["trainer.precision=bf16-mixed", "generation=tiny_wan2_1"]).config
-    model = apply_precision(build_skeleton(cfg), inference_plan(cfg, torch.bfloat16))
-    units = model_units(model, cfg.understanding.adapter, cfg.generation.adapter)
+    model = build_skeleton(cfg)
+    apply_precision(model, inference_plan(model, torch.bfloat16))
+    units = model_units(model)
     names = {id(m): n for n, m in model.named_modules()}
     blocks = [names[id(m)] + "." for unit in units for m in unit.modules]
     size = lambda named: sum(p.numel() * p.element_size() for _, p in named)  # noqa: E731
@@ -148,3 +149,24 @@ def test_the_gather_term_is_the_root_group_and_two_blocks():
     assert any(".visual." in n for n in root_names)
     plan = make_plan(cfg, gpus=2, nodes=1, seq_len=512, progress=False)
     assert plan.memory.gather == 2 * max(per_block) + size(root)
+
+
+def test_plan_prints_flops_against_the_ideal_and_the_cost_of_und_writeback():
+    """The paper's recipe (frozen VLM, und_writeback true): the VLM's input gradients and the
+    recompute are the overhead; flipped to false the VLM runs forward only, so without
+    checkpointing the step computes exactly the ideal."""
+    from lightbagel.planning import format_plan
+    from lightbagel.planning.report import ideal_flops
+    from lightbagel.recipe import load_recipe
+
+    plan = make_plan(load_recipe(RECIPES / "lightbagel_7b_5b.yaml").config, gpus=8, nodes=1, seq_len=16384,
+                     progress=False)
+    flipped, other = plan.writeback
+    assert flipped is False
+    ideal = ideal_flops(plan, plan.flops)
+    assert ideal_flops(plan, other) < ideal  # the und-side fusion projections are gone too
+    assert sum(r.model for r in other) == ideal_flops(plan, other)
+    assert sum(r.model for r in plan.flops) > 1.1 * ideal
+    text = format_plan(plan)
+    assert "fusion.und_writeback true (this recipe)" in text and "; false: " in text
+    assert f"{sum(r.with_checkpointing for r in plan.flops) / ideal:.2f}x with it" in text

@@ -13,6 +13,7 @@ from lightbagel.backbones.understanding.base import EDIT_LAYOUTS
 from lightbagel.cli import eval as eval_cli
 from lightbagel.cli import generate
 from lightbagel.data.samples import PARSERS
+from lightbagel.flow_matching import PREDICTIONS
 from lightbagel.fusion.blocks import PER_STREAM_ROTARY
 from lightbagel.fusion.mask import BACKENDS
 from lightbagel.inference.guidance import RENORM
@@ -21,7 +22,6 @@ from lightbagel.packing import LAYOUTS
 from lightbagel.precision import PRECISIONS
 from lightbagel.recipe import CHOICES, RecipeError, load_recipe
 from lightbagel.recipe.checks import REGISTRY_KEYS
-from lightbagel.training.flow_matching import PREDICTIONS
 from lightbagel.training.module import SCHEDULES
 from lightbagel.training.strategy import make_strategy
 

@@ -281,6 +281,10 @@ def test_closed_choices_and_ranges(tree: Path) -> None:
     )
 
 
+def test_the_longest_allowed_name_loads(tree: Path) -> None:
+    assert load_recipe(tree / "recipes/base.yaml", ["name=" + "a" * 100]).config.output_dir == "out/" + "a" * 100
+
+
 def test_missing_recipe_lists_available(tree: Path) -> None:
     write(tree / "recipes/other.yaml", BASE)
     message = error_of(tree / "recipes/nope.yaml")
@@ -339,11 +343,25 @@ def test_real_tiny_recipe() -> None:
     assert cfg.trainer.max_steps == 7 and cfg.objective.timestep_shift == 1.0
 
 
+NAME_RULE = "name: must be a folder name of at most 100 letters, digits, '.', '_' or '-', not starting with '.'"
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
     ("optim.lr=-1e-4", "optim.lr: must be > 0, got -0.0001"),
+    ("optim.lr=.inf", "optim.lr: must be > 0, got inf"),
     ("data.num_workers=-1", "data.num_workers: must be >= 0, got -1"),
-    ("data.image_size=0", "data.image_size: must be > 0, got 0"),
+    ("data.image_size=0", "data.image_size: must be in [1, 4096], got 0"),
+    ("data.image_size=100000", "data.image_size: must be in [1, 4096], got 100000"),
+    ("data.vit_image_size=100000", "data.vit_image_size: must be in [1, 4096], got 100000"),
+    ("optim.min_lr_ratio=-0.5", "optim.min_lr_ratio: must be in [0, 1], got -0.5"),
+    ("generation.rope_theta=-1", "generation.rope_theta: must be > 0, got -1.0"),
+    ("objective.und_weight=-1", "objective.und_weight: must be >= 0, got -1.0"),
+    ("objective.flow_weight=-1", "objective.flow_weight: must be >= 0, got -1.0"),
+    ("name=../../x", NAME_RULE + ", got '../../x'"),
+    ("name=a/b", NAME_RULE + ", got 'a/b'"),
+    ("name=.hidden", NAME_RULE + ", got '.hidden'"),
+    ("name=" + "a" * 101, NAME_RULE + ", got '" + "a" * 101 + "'"),
     ("trainer.sample_steps=-5", "trainer.sample_steps: must be > 0, got -5"),
     ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints: must be > 0, got 0"),
     ("optim.betas=[0.9,1.0]", "optim.betas[1]: must be in [0, 1), got 1.0"),

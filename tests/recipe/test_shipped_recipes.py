@@ -11,7 +11,8 @@ import pytest
 
 from lightbagel.fusion import DoubleFusionBlock, NoFusionBlock
 from lightbagel.model import build_skeleton
-from lightbagel.recipe import load_recipe
+from lightbagel.recipe import RecipeError, load_recipe
+from lightbagel.recipe.sources import SHIPPED_RECIPES
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 RECIPES = sorted(RECIPES_DIR.rglob("*.yaml"))
@@ -33,3 +34,14 @@ def test_shipped_recipe_composes_validates_and_builds(path: Path) -> None:
     assert all(type(block) is BLOCKS[cfg.fusion.block] for block in model.fusion)
     assert max(model.schedule) <= model.und.num_layers
     assert model.edit_condition == cfg.objective.edit_condition
+
+
+def test_a_recipe_by_name_is_the_projects_own_first_then_the_shipped_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no recipes/ here
+    assert SHIPPED_RECIPES.resolve() == RECIPES_DIR.resolve()  # a checkout ships its own folder
+    assert load_recipe("tiny").path == RECIPES_DIR.resolve() / "tiny.yaml"
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.yaml").write_text(f"base: {RECIPES_DIR / 'tiny.yaml'}\nname: mine\n")
+    assert load_recipe("tiny").config.name == "mine"
+    with pytest.raises(RecipeError, match=r"^nope: no recipe of that name .*; available: .*\btiny_vlm\b"):
+        load_recipe("nope")

@@ -20,14 +20,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from loaders import FastForward, ResumableLoader  # noqa: E402  (this script's folder)
 from precision_probe import PrecisionProbe, full_trainable  # noqa: E402  (this script's folder)
 from safetensors.torch import save_file  # noqa: E402
 
 from lightbagel.data.collate import Collator  # noqa: E402
 from lightbagel.precision import precision_of  # noqa: E402
 from lightbagel.recipe import load_recipe  # noqa: E402
-from lightbagel.training.callbacks import validation_samples  # noqa: E402
-from lightbagel.training.checkpointing import AtomicCheckpoint, FastForward, ResumableLoader  # noqa: E402
+from lightbagel.shapes.heldout import validation_samples  # noqa: E402
+from lightbagel.training.checkpointing import AtomicCheckpoint  # noqa: E402
 from lightbagel.training.module import LightBagelModule  # noqa: E402
 from lightbagel.training.randomness import sample_seeds  # noqa: E402
 from lightbagel.training.strategy import make_strategy  # noqa: E402

@@ -90,7 +90,7 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(runs):
 
 def test_export_of_a_two_rank_checkpoint_loads_the_trained_weights(runs, tmp_path):
     from lightbagel.cli.export import main
-    from lightbagel.training.export import load_exported
+    from lightbagel.model_folder import load_exported
 
     assert main([str(runs / "two" / "checkpoints"), str(tmp_path)]) == 0  # the newest: step 6
     model = load_exported(tmp_path)

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from lightbagel.data.collate import Collator
-from lightbagel.training.callbacks import validation_samples
-from lightbagel.training.checkpointing import AtomicCheckpoint, ResumableLoader, complete_checkpoints
+from lightbagel.shapes.heldout import validation_samples
+from lightbagel.training.checkpointing import AtomicCheckpoint, complete_checkpoints
 from lightbagel.training.ema import EMAWeights
 from lightbagel.training.module import LightBagelModule
 from lightbagel.training.nan_guard import NonFiniteGuard, NonFiniteLossError
+from tests.training.loaders import ResumableLoader
 
 
 def test_non_finite_losses_are_skipped_counted_and_stop_with_a_checkpoint(tiny_recipe, tmp_path):
@@ -45,7 +46,7 @@ def test_ema_moves_each_weight_towards_the_current_one():
 
 def test_lora_and_ema_under_fsdp2_export_merged_weights_and_adapters(tmp_path):
     from lightbagel.cli.export import main
-    from lightbagel.training.export import load_exported
+    from lightbagel.model_folder import load_exported
 
     from .test_distributed import launch
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from torch import nn
 
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
+from lightbagel.model_folder import read_weights
 from lightbagel.recipe.schema import LoraConfig
 from lightbagel.training.lora import (
+    ADAPTER,
+    PEFT_PREFIX,
+    WEIGHTS,
     add_lora,
-    expected_trainable,
-    load_adapters,
     lora_layers,
     merge_lora,
     save_adapters,
@@ -27,6 +32,32 @@ CFG = LoraConfig(enabled=True, rank=4, alpha=8.0, targets={
     "generation": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"],
     "understanding": ["self_attn.q_proj", "self_attn.v_proj"],
 })
+
+
+def expected_trainable(model: nn.Module, cfg: LoraConfig) -> int:
+    """r x (in + out) per targeted linear layer of a model without adapters."""
+    pattern = re.compile(target_regex(dict(cfg.targets)))
+    return sum(cfg.rank * (m.in_features + m.out_features)
+               for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n))
+
+
+def load_adapters(model: nn.Module, adapter_dir: Path | str) -> nn.Module:
+    """Injects the saved adapters' LoRA layers into a base model and loads their weights."""
+    adapter_dir = Path(adapter_dir)
+    add_lora(model, PeftLoraConfig.from_pretrained(str(adapter_dir)))
+    saved = read_weights(adapter_dir / WEIGHTS)  # one line when missing, truncated or not safetensors
+    state = {}
+    for name, tensor in saved.items():
+        module, _, kind = name.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        lora, _, param = kind.partition(".")
+        state[f"{module}.lora_{lora}.{ADAPTER}.{param}"] = tensor
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise KeyError(f"{adapter_dir / WEIGHTS} holds adapters this model lacks: {result.unexpected_keys[:3]}")
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing:
+        raise KeyError(f"{adapter_dir / WEIGHTS} lacks adapter weights: {missing[:3]}")
+    return model
 
 
 def _trained_adapters(model, seed: int = 0):
@@ -87,8 +118,8 @@ def test_merged_model_equals_base_plus_adapter(tiny_recipe, lora_model, make_bat
 
 def test_lora_edit_recipe_fine_tunes_a_tiny_export(tmp_path, make_batch):
     """recipes/lora_edit.yaml at tiny size: init from an export, adapters only, on CPU."""
+    from lightbagel.model_folder import export_model
     from lightbagel.recipe import load_recipe
-    from lightbagel.training.export import export_model
     from lightbagel.training.module import LightBagelModule
 
     tiny = ["understanding=tiny_qwen2_5_vl", "generation=tiny_wan_pixel", "trainer.card=cpu",

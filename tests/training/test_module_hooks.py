@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lightbagel.training.export import parse_recipe
+from lightbagel.model_folder import parse_recipe
 from lightbagel.training.module import LightBagelModule
 
 

@@ -17,7 +17,6 @@ import torch
 from lightbagel.data.collate import Collator
 from lightbagel.model import build_model
 from lightbagel.precision import (
-    FP32_KEEP,
     PRECISIONS,
     PrecisionError,
     apply_precision,
@@ -26,10 +25,9 @@ from lightbagel.precision import (
 )
 from lightbagel.recipe import load_recipe
 from lightbagel.recipe.schema import CHOICES
-from lightbagel.registry import GENERATION, UNDERSTANDING, VAE
-from lightbagel.training.callbacks import validation_samples
-from lightbagel.training.checkpointing import ResumableLoader
+from lightbagel.shapes.heldout import validation_samples
 from lightbagel.training.module import LightBagelModule
+from tests.training.loaders import ResumableLoader
 from training.precision_probe import PrecisionProbe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +135,7 @@ def test_sd3_keeps_its_timestep_embedder_fp32_and_trains_under_autocast():
     loss.backward()
     assert torch.isfinite(loss) and params["gen.dit.proj_out.weight"].grad.dtype == torch.float32
     assert seen == [torch.float32]
-    apply_precision(module.model, inference_plan(cfg, torch.bfloat16))  # every weight bf16 but the fp32 list
+    apply_precision(module.model, inference_plan(module.model, torch.bfloat16))  # every weight bf16 but the fp32 list
     assert embedder.linear_1.weight.dtype == torch.float32 and params["gen.dit.proj_out.weight"].dtype == torch.bfloat16
 
 
@@ -173,7 +171,6 @@ def test_fit_cli_refuses_bf16_true_in_one_line(capsys, tmp_path):
 
 def test_the_tables_agree_with_the_schema_and_the_registries():
     assert set(PRECISIONS) == set(CHOICES["trainer.precision"])
-    assert set(FP32_KEEP) == set(UNDERSTANDING.names()) | set(GENERATION.names()) | set(VAE.names())
 
 
 @pytest.mark.parametrize("fp32_residual", [True, False])

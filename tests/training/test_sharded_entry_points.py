@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightbagel.data import questions, shapes
+from lightbagel import shapes
 from lightbagel.data.chat import collate_chat
 from lightbagel.recipe import load_recipe
+from lightbagel.shapes import questions
 from lightbagel.training.module import LightBagelModule
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
@@ -51,7 +52,7 @@ def test_the_understanding_objective_runs_on_the_sharded_model(one_rank):
 
 def test_a_packed_flow_matching_batch_runs_on_the_sharded_model(one_rank):
     from lightbagel.data.collate import Collator
-    from lightbagel.training.callbacks import validation_samples
+    from lightbagel.shapes.heldout import validation_samples
 
     module = sharded(["data.packing.layout=packed"], one_rank)
     batch = Collator(module.model.und.processor, 32)(validation_samples(4, 32, seed=0))

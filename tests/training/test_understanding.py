@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightbagel.data import questions, shapes
+from lightbagel import shapes
 from lightbagel.data.chat import ChatBatch, collate_chat
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.inference import LightBagelPipeline
 from lightbagel.model import build_model
 from lightbagel.recipe import load_recipe
+from lightbagel.shapes import questions
 from lightbagel.training.module import LightBagelModule, answer_loss, objective_tasks
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
@@ -64,7 +65,7 @@ def test_und_samples_flow_from_shards_to_loss(tmp_path):
 
 
 def questions_per_sample() -> int:
-    from lightbagel.data.shards import UND_TURNS
+    from lightbagel.shapes.shards import UND_TURNS
 
     return UND_TURNS
 

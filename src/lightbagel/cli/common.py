@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
@@ -12,7 +13,7 @@ from lightbagel.recipe import Recipe, RecipeError, load_recipe
 
 
 def add_trust_flag(parser: argparse.ArgumentParser) -> None:
-    """The only switch that lets a model folder's or checkpoint's own recipe load code (training/export.py)."""
+    """The only switch that lets a model folder's or checkpoint's own recipe load code (model_folder.py)."""
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="honour understanding.trust_remote_code in the model's recipe (runs code the "
                              "model folder points to: only for folders you trust)")
@@ -56,8 +57,8 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = _number(float, text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -88,8 +89,17 @@ class CliError(ValueError):
     """A bad argument found after parsing, in one line."""
 
 
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """Library errors that are about the user's input, not a bug: a refused decompression bomb
+    (PIL), a safetensors file that cannot be written (a full disk) or read."""
+    from PIL.Image import DecompressionBombError
+    from safetensors import SafetensorError
+
+    return DecompressionBombError, SafetensorError
+
+
 # What a command reports in one line; anything else is a bug and keeps its traceback.
-EXPECTED = (LightBagelError, ValueError, OSError, KeyError, RuntimeError, ImportError)
+EXPECTED = (LightBagelError, ValueError, OSError, KeyError, RuntimeError, ImportError, *_library_errors())
 
 
 def at_boundary(prog: str, run: Callable[[], int]) -> int:

@@ -42,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def render(args) -> int:
-    from lightbagel.data.captions import scene_from_caption
-    from lightbagel.data.shapes import render as draw
+    from lightbagel.shapes import render as draw
+    from lightbagel.shapes.captions import scene_from_caption
 
     image = draw(scene_from_caption(args.caption), args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +62,12 @@ def convert(args) -> int:
     else:
         samples = edit_samples(args.jsonl)
     prefix = args.prefix or ("t2i" if args.command == "images" else "edit")
-    shards = write_shards(materialise(samples), args.out, prefix, args.per_shard, len(samples))
-    print(f"wrote {len(samples)} samples in {len(shards)} shards: {args.out}/{prefix}-*.tar")
+    left_out: list[str] = []
+    shards = write_shards(materialise(samples, left_out), args.out, prefix, args.per_shard, len(samples))
+    if left_out:
+        print(f"lightbagel-data: left out {len(left_out)} sample(s) whose image is not a readable image, "
+              f"first {left_out[0]}", file=sys.stderr)
+    print(f"wrote {len(samples) - len(left_out)} samples in {len(shards)} shards: {args.out}/{prefix}-*.tar")
     return 0
 
 
@@ -77,7 +81,7 @@ def vae_multiple(recipe) -> int:
 
     with torch.device("meta"):
         gen = GENERATION.get(recipe.generation.adapter)(without_weights(recipe).generation)
-    return gen.vae.spatial_factor * gen.patch_size[1]
+    return gen.vae_multiple
 
 
 def inspect(args) -> int:

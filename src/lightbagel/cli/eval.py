@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_synthetic(pipe, args, cfg, out: Path) -> tuple[dict, list[str]]:
-    from lightbagel.data import shapes
+    from lightbagel import shapes
     from lightbagel.evaluation.synthetic import EDIT, evaluate_synthetic
 
     report = evaluate_synthetic(pipe, args.per_category, seed=args.seed, config=cfg, batch_size=args.batch_size,
@@ -173,7 +173,7 @@ def _write(out: Path, args, samplers: dict, metrics: dict, sections: list[str]) 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(text)
     if args.mlflow_uri != "none":
-        from lightbagel.training.tracking import training_run
+        from lightbagel.runs.tracking import training_run
 
         trained = None if args.mlflow_uri else training_run(Path(args.model))
         uri = trained[0] if trained else args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"

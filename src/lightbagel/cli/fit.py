@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from lightbagel.cli.common import Parser, recipe_or_none, with_overrides
+from lightbagel.cli.common import Parser, at_boundary, recipe_or_none, with_overrides
 from lightbagel.recipe import Recipe
 
-DEFAULT_RECIPE = "recipes/tiny.yaml"
+DEFAULT_RECIPE = "tiny"  # ./recipes/tiny.yaml in a checkout, else the shipped one
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,7 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train a LightBagel model from a recipe. Overrides are dotted KEY=VALUE pairs.",
         epilog="example: lightbagel-fit recipes/tiny.yaml trainer.max_steps=50 understanding=tiny_qwen2_5_vl",
     )
-    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe YAML (default: {DEFAULT_RECIPE})")
+    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
+                        help=f"recipe YAML file or name (default: {DEFAULT_RECIPE})")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of any recipe key")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--fresh", action="store_true",
@@ -36,7 +37,7 @@ def run_name(recipe: Recipe, overrides: list[str]) -> str:
 
 def fresh_recipe(args, recipe: Recipe) -> Recipe | None:
     """The recipe again with output_dir moved to a folder that holds no run yet."""
-    from lightbagel.training.runs import fresh_output_dir
+    from lightbagel.runs.folder import fresh_output_dir
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         print("lightbagel-fit: --fresh picks its folder per process; with several processes give name=NAME instead",
@@ -61,17 +62,17 @@ def main(argv=None) -> int:
     if args.print_recipe:
         print(recipe.to_yaml())
         return 0
+    return at_boundary("lightbagel-fit", lambda: train(recipe, args.overrides))
+
+
+def train(recipe: Recipe, overrides: list[str]) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lightbagel.errors import LightBagelError, one_line
     from lightbagel.training.fit import fit  # heavy imports only once the recipe is valid
 
     start = time.perf_counter()
     try:
-        result = fit(recipe, run_name(recipe, args.overrides))
-    except LightBagelError as err:  # run control, precision, data, checkpoints
-        print(f"lightbagel-fit: {one_line(err)}", file=sys.stderr)
-        return 2
+        result = fit(recipe, run_name(recipe, overrides))
     except SIGTERMException:  # Lightning stops the loop at a step boundary; MLflow has the run as KILLED
         print(f"lightbagel-fit: stopped by SIGTERM; rerun the same command to resume from the newest checkpoint "
               f"in {recipe.config.output_dir}/checkpoints", file=sys.stderr)

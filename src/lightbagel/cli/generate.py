@@ -120,14 +120,15 @@ def _write_images(prog: str, args, jobs) -> int:
 
 
 def _open_images(paths: list[str]) -> list:
-    from PIL import Image, UnidentifiedImageError
-
-    from lightbagel.data.images import to_rgb
+    """Each --image as RGB; its size is read from the header first, so an image larger than the
+    training data's limit (a decompression bomb) is refused before it is decoded."""
+    from lightbagel.data.samples import BadSample, open_image
+    from lightbagel.recipe.schema import ResolutionConfig
 
     try:
-        return [to_rgb(Image.open(p)) for p in paths]
-    except UnidentifiedImageError as err:
-        raise CliError(f"--image: {err}") from None
+        return [open_image(Path(p).read_bytes(), ResolutionConfig.max_image_pixels, p) for p in paths]
+    except BadSample as err:  # "reason: file: detail"
+        raise CliError(f"--image {str(err).split(': ', 1)[1]}") from None
 
 
 def _fresh_dir(root: Path) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lightbagel.recipe.compose import component_search_path
 from lightbagel.recipe.schema import KINDS
-from lightbagel.recipe.sources import RECIPE_SUFFIXES
+from lightbagel.recipe.sources import RECIPE_SUFFIXES, SHIPPED_RECIPES
 
 _WIDTH = 96
 
@@ -36,12 +36,18 @@ def cards(kind: str, search_path: list[Path]) -> dict[str, Path]:
     return found
 
 
-def listing(recipes_dir: Path = Path("recipes")) -> str:
-    lines = [f"recipes in {recipes_dir}/:"]
-    files = recipe_files(recipes_dir)
-    names = [p.relative_to(recipes_dir).as_posix() for p in files]
+def recipe_lines(directory: Path) -> list[str]:
+    files = recipe_files(directory)
+    names = [p.relative_to(directory).as_posix() for p in files]
     width = max(map(len, names), default=0)
-    lines += [f"  {name:{width}s}  {describe(p)}" for name, p in zip(names, files)] or ["  (none)"]
+    return [f"  {name:{width}s}  {describe(p)}" for name, p in zip(names, files)] or ["  (none)"]
+
+
+def listing(recipes_dir: Path = Path("recipes")) -> str:
+    lines = [f"recipes in {recipes_dir}/:", *recipe_lines(recipes_dir)]
+    if recipes_dir.resolve() != SHIPPED_RECIPES.resolve():
+        lines += ["recipes shipped with lightbagel (by name, e.g. `lightbagel-fit tiny`):",
+                  *recipe_lines(SHIPPED_RECIPES)]
     search_path = component_search_path([])
     lines.append("cards (searched in " + ", ".join(str(d) for d in search_path) + "):")
     for kind in KINDS:

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import sys
 
-from lightbagel.cli.common import Parser, positive_int, recipe_or_none, with_overrides
+from lightbagel.cli.common import Parser, at_boundary, positive_int, recipe_or_none, with_overrides
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,15 +40,14 @@ def main(argv=None) -> int:
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     from lightbagel.planning import format_plan, make_plan  # heavy imports only once the recipe is valid
 
-    try:
+    def run() -> int:
         plan = make_plan(cfg, args.gpus or devices, args.nodes or cfg.trainer.num_nodes, args.seq_len,
                          args.text_tokens, args.edit_fraction, progress=sys.stderr.isatty(),
                          data_sample=args.data_sample or 0)
-    except ValueError as err:
-        print(f"lightbagel-plan: {err}", file=sys.stderr)
-        return 2
-    print(format_plan(dataclasses.replace(plan, name=with_overrides(cfg.name, args.overrides))))
-    return 0
+        print(format_plan(dataclasses.replace(plan, name=with_overrides(cfg.name, args.overrides))))
+        return 0
+
+    return at_boundary("lightbagel-plan", run)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Resolution bucketing: every image keeps its native aspect ratio within the card's short/long
-side limits, rounded to the model's multiple; a batch holds one image size and fills up to a
-token budget, so small images come in big batches and large ones in small batches."""
+side limits, rounded to the model's multiple. A padded batch holds one image size and fills up to
+a token budget, so small images come in big batches and large ones in small batches; a packed row
+(data.packing.layout packed) holds images of every size, so it fills to its budget whatever the
+mix of sizes (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -67,9 +69,7 @@ def resized(image: Image.Image, size: Size) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.BICUBIC)
 
 
-def vae_multiple_of(gen) -> int:
-    """Pixels per DiT token side of a generation adapter: VAE factor times DiT patch."""
-    return gen.vae.spatial_factor * gen.patch_size[1]
+MIXED = ("mixed",)  # the one buffer of every image size, with `Bucketer.mix_sizes`
 
 
 @dataclass
@@ -81,25 +81,34 @@ class Pending:
 
 @dataclass
 class Bucketer:
-    """Per-size buffers of prepared samples; `add` returns a batch once a buffer is full.
+    """Buffers of prepared samples; `add` returns a batch once a buffer is full.
 
-    With a token budget, a buffer is sent when the next sample would push it over the budget
-    (that sample starts the next buffer) or when it holds ``max_batch`` samples; without one, at
-    exactly ``max_batch`` samples.
+    Without a token budget a buffer is sent at exactly ``max_batch`` samples. With one, a buffer
+    is sent once it holds ``token_budget`` tokens or ``max_batch`` samples, or when the next sample
+    would take it past ``max_tokens`` (that sample starts the next buffer): BAGEL's packer
+    (ByteDance-Seed/Bagel, data/dataset_base.py: ``expected_num_tokens`` and ``max_num_tokens``).
+    ``max_tokens`` None makes the budget the cap. One buffer per image size, or with
+    ``mix_sizes`` one for every image size (und samples keep theirs: a batch is one task kind).
+    Buffers only grow until sent, so the samples waiting are the whole state (exact resume).
     """
 
     max_batch: int
     token_budget: Optional[int] = None
-    buckets: dict[Size, list[Pending]] = field(default_factory=dict)
+    max_tokens: Optional[int] = None
+    mix_sizes: bool = False
+    buckets: dict[tuple, list[Pending]] = field(default_factory=dict)
 
-    def add(self, size: Size, item: Pending) -> list[Pending] | None:
-        bucket = self.buckets.setdefault(size, [])
-        if self.token_budget is not None and bucket and sum(p.tokens for p in bucket) + item.tokens > self.token_budget:
-            self.buckets[size] = [item]
+    def add(self, size: tuple, item: Pending) -> list[Pending] | None:
+        key = MIXED if self.mix_sizes and size[0] != "und" else size
+        bucket = self.buckets.setdefault(key, [])
+        cap = self.max_tokens or self.token_budget
+        if cap is not None and bucket and sum(p.tokens for p in bucket) + item.tokens > cap:
+            self.buckets[key] = [item]
             return bucket
         bucket.append(item)
-        if len(bucket) >= self.max_batch:
-            return self.buckets.pop(size)
+        full = self.token_budget is not None and sum(p.tokens for p in bucket) >= self.token_budget
+        if full or len(bucket) >= self.max_batch:
+            return self.buckets.pop(key)
         return None
 
     def oldest(self) -> Pending | None:

@@ -30,6 +30,36 @@ class TrainBatch:
         return self.target.shape[0]
 
 
+@dataclass
+class MixedBatch:
+    """A batch of several target sizes (a packed row, data.packing.layout packed): one `TrainBatch`
+    per size, in the order each size first came; the model runs them as one row (packing.py)."""
+
+    groups: list[TrainBatch]
+    data_state: Optional[dict] = None
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for g in self.groups for text in g.texts]
+
+
+def size_groups(batch: Union[TrainBatch, MixedBatch]) -> list[TrainBatch]:
+    """The one-size parts of an image batch."""
+    return batch.groups if isinstance(batch, MixedBatch) else [batch]
+
+
+def by_target_size(items: Sequence, sample=lambda item: item) -> dict:
+    """Items grouped by their sample's target size, sizes in the order they first come."""
+    groups: dict = {}
+    for item in items:
+        target = sample(item).get("target")
+        groups.setdefault(None if target is None else target.size, []).append(item)
+    return groups
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> (3, H, W) float in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
@@ -56,9 +86,14 @@ class Collator:
             return [sample["vit_source"]]
         return [resized(sample["source"], (self.vit_size, self.vit_size))]
 
-    def __call__(self, samples: Sequence[dict]) -> Union[TrainBatch, ChatBatch]:
+    def __call__(self, samples: Sequence[dict]) -> Union[TrainBatch, MixedBatch, ChatBatch]:
         if samples and samples[0].get("task") == "und":  # the pipeline never mixes und with others
             return collate_chat(self.processor, samples)
+        groups = [self._collate(group) for group in by_target_size(samples).values()]
+        return groups[0] if len(groups) == 1 else MixedBatch(groups)
+
+    def _collate(self, samples: Sequence[dict]) -> TrainBatch:
+        """Samples of one target size -> one padded batch."""
         prompts = [self.processor.prompt(s["text"], self._vit_sources(s)) for s in samples]
         targets = torch.stack([image_to_tensor(s["target"]) for s in samples])
         sources = torch.stack([

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -14,7 +16,7 @@ from tqdm.auto import tqdm
 
 from lightbagel.data.buckets import ResolutionPolicy
 from lightbagel.data.samples import IMAGE_EXTS, BadSample, to_record
-from lightbagel.data.shards import SkipCounter
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import expand_urls, read_shard
 from lightbagel.recipe.schema import DataConfig
 
@@ -49,8 +51,24 @@ def _lazy(fn, *args) -> dict:
     return {"__lazy__": (fn, args)}
 
 
+class NotAnImage(ValueError):
+    """A file named as an image that PIL cannot read: its sample is left out, and said so."""
+
+
+def _image_bytes(path: Path) -> bytes:
+    """The file's bytes once PIL has checked them (header and, for PNG, every chunk's CRC)."""
+    data = path.read_bytes()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data)).verify()
+    except Exception as exn:  # PIL raises many types for bad files
+        raise NotAnImage(f"{path}: {type(exn).__name__}") from None
+    return data
+
+
 def _t2i_sample(index: int, image: Path, caption: Path) -> dict:
-    return {"__key__": f"{index:09d}", "task.txt": "t2i", f"target.{_ext(image)}": image.read_bytes(),
+    return {"__key__": f"{index:09d}", "task.txt": "t2i", f"target.{_ext(image)}": _image_bytes(image),
             "caption.txt": caption.read_text().strip(), "json": json.dumps({"file": str(image)})}
 
 
@@ -75,15 +93,19 @@ def _edit_sample(index: int, base: Path, sources: list[str], instruction: str, t
               "json": json.dumps({"source": sources, "target": target})}
     names = ["source"] if len(sources) == 1 else [f"source_{i}" for i in range(len(sources))]
     for name, path in zip(names, sources):
-        sample[f"{name}.{_ext(Path(path))}"] = (base / path).read_bytes()
-    sample[f"target.{_ext(Path(target))}"] = (base / target).read_bytes()
+        sample[f"{name}.{_ext(Path(path))}"] = _image_bytes(base / path)
+    sample[f"target.{_ext(Path(target))}"] = _image_bytes(base / target)
     return sample
 
 
-def materialise(samples: Iterable[dict]) -> Iterator[dict]:
+def materialise(samples: Iterable[dict], left_out: list[str]) -> Iterator[dict]:
+    """The samples' bytes, read one at a time; one whose image does not read is noted in `left_out`."""
     for sample in samples:
         fn, args = sample["__lazy__"]
-        yield fn(*args)
+        try:
+            yield fn(*args)
+        except NotAnImage as exn:
+            left_out.append(str(exn))
 
 
 def inspect_mixture(cfg: DataConfig, urls_by_source: dict[str, list[str]], vae_multiple: int,

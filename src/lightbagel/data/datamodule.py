@@ -19,20 +19,20 @@ from torch.utils.data import DataLoader
 from lightbagel.backbones.understanding.base import UndProcessor
 from lightbagel.data.buckets import ResolutionPolicy
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import Collator, TrainBatch
+from lightbagel.data.collate import Collator, MixedBatch, TrainBatch
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.pipeline import MixtureDataset, MixturePlan, SourceSpec
 from lightbagel.data.prefetch import Prefetcher
 from lightbagel.data.samples import TRAINABLE
-from lightbagel.data.shards import SkipCounter, write_shapes_shards
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import expand_urls
 from lightbagel.errors import DataError
 from lightbagel.recipe.schema import DataConfig, SourceConfig
+from lightbagel.shapes.shards import write_shapes_shards
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-WAN_VAE_MULTIPLE = 32  # Wan2.2 VAE (16x) times the DiT patch (2): one token per 32x32 pixels
 
 
 def _first(batch: Any) -> Any:
@@ -47,7 +47,8 @@ class MixtureDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.processor, self.tasks = cfg, processor, tuple(tasks)
         self.root = Path(root if root is not None else cfg.root)
-        self.vae_multiple = cfg.resolution.vae_multiple or vae_multiple or WAN_VAE_MULTIPLE
+        # Pixels per DiT token side: the recipe's, else the model's (GenerationAdapter.vae_multiple).
+        self.vae_multiple = cfg.resolution.vae_multiple or vae_multiple
         self.batches_per_step, self._rank, self._world = batches_per_step, rank, world_size
         self.skipped = SkipCounter()  # "source/reason" -> count, summed over this rank's workers
         self.sources: list[SourceConfig] = []
@@ -95,6 +96,12 @@ class MixtureDataModule(L.LightningDataModule):
         world = self._world if self._world is not None else (trainer.world_size if trainer else 1)
         return rank, world
 
+    def _vae_multiple(self) -> int:
+        if not self.vae_multiple:
+            raise ValueError("MixtureDataModule needs vae_multiple= (the model's gen.vae_multiple) or "
+                             "data.resolution.vae_multiple to size its batches")
+        return self.vae_multiple
+
     def plan(self) -> MixturePlan:
         cfg = self.cfg
         rank, world = self.plan_rank()
@@ -103,10 +110,11 @@ class MixtureDataModule(L.LightningDataModule):
         return MixturePlan(
             sources=[SourceSpec(s.name, tuple(s.urls), s.task) for s in self.sources],
             schedule=Schedule.build(self.sources, list(cfg.stages)),
-            policy=ResolutionPolicy(cfg.resolution, self.vae_multiple),
+            policy=ResolutionPolicy(cfg.resolution, self._vae_multiple()),
             collator=Collator(self.processor, cfg.vit_image_size),
             batch_size=cfg.batch_size, token_budget=cfg.packing.token_budget,
             max_wait=cfg.packing.max_wait, block_size=max(1, cfg.shuffle_buffer), seed=cfg.seed, tasks=self.tasks,
+            max_tokens=cfg.packing.max_tokens, mix_sizes=cfg.packing.layout == "packed",
             rank=rank, world_size=world, batches_per_step=self.batches_per_step,
             consumed=self.consumed, roles=dict(self.roles),
         )
@@ -131,7 +139,7 @@ class MixtureDataModule(L.LightningDataModule):
             self._prefetchers.pop().close()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, (TrainBatch, ChatBatch)) and batch.data_state is not None:
+        if isinstance(batch, (TrainBatch, MixedBatch, ChatBatch)) and batch.data_state is not None:
             self.record(batch.data_state)
         return batch
 

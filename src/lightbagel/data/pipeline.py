@@ -21,10 +21,10 @@ from typing import Any, Iterator, Optional
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lightbagel.data.buckets import Bucketer, Pending, ResolutionPolicy, Size, resized
-from lightbagel.data.collate import Collator, TrainBatch
+from lightbagel.data.collate import Collator, MixedBatch, TrainBatch, by_target_size
 from lightbagel.data.mixture import Schedule
 from lightbagel.data.samples import TRAINABLE, BadSample, to_record
-from lightbagel.data.shards import SkipCounter
+from lightbagel.data.skips import SkipCounter
 from lightbagel.data.streams import Slot, SourceStream
 from lightbagel.errors import DataError
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Skip reasons, in a fixed order so that ranks can sum their counts as one tensor.
 REASONS = ("unreadable_shard", "truncated_shard", "missing_key", "bad_task", "decode", "oversize",
-           "unsupported_task", "stage_switch", "unsupported_mode")
+           "unsupported_task", "stage_switch", "unsupported_mode", "too_long")
 MAX_CONSECUTIVE_BAD = 10_000
 
 
@@ -56,6 +56,8 @@ class MixturePlan:
     max_wait: int
     block_size: int
     seed: int = 0
+    max_tokens: Optional[int] = None  # data.packing.max_tokens
+    mix_sizes: bool = False  # packed rows: images of every size in one batch
     # Tasks the objective trains (`und` only with objective.und_weight > 0); others are skipped.
     tasks: tuple[str, ...] = TRAINABLE
     rank: int = 0
@@ -76,7 +78,7 @@ class SlotWorker:
         self.streams = [SourceStream(s.name, list(s.urls), self.slot, plan.seed, plan.block_size,
                                      self.counters[s.name]) for s in plan.sources]
         limit = plan.batch_size if plan.token_budget is not None or plan.batch_size > 0 else 1
-        self.buckets = Bucketer(limit, plan.token_budget)
+        self.buckets = Bucketer(limit, plan.token_budget, plan.max_tokens, plan.mix_sizes)
         self.draw, self.stage = 0, 0
 
     # ------------------------------------------------------------------ producing
@@ -129,6 +131,13 @@ class SlotWorker:
         if record["task"] not in self.plan.tasks or multi_source:
             counter.add("unsupported_task", f"{record['key']}: {record['task']} with {len(record['sources'])} images")
             return None
+        # A sample's text may not exceed the token budget (a whole batch's size), nor the VLM's limit
+        # (the processor's max_tokens): one 100k-character caption would otherwise be trained whole.
+        processor = self.plan.collator.processor
+        if processor.too_long(_all_text(record), self.plan.token_budget):
+            limit = min(x for x in (self.plan.token_budget, processor.max_tokens) if x is not None)
+            counter.add("too_long", f"{record['key']}: text over {limit} tokens")
+            return None
         if record["task"] == "und":
             return self._resize_und(record, spec.name)
         return self._resize(record, spec.name)
@@ -157,7 +166,9 @@ class SlotWorker:
         item["tokens"] = policy.tokens(size, vit, record["text"])
         return size, item
 
-    def _emit(self, items: list[Pending]) -> TrainBatch:
+    def _emit(self, items: list[Pending]) -> TrainBatch | MixedBatch:
+        # In the collated order: a row of several sizes holds one group per size.
+        items = [p for group in by_target_size(items, lambda p: p.sample).values() for p in group]
         batch = self.plan.collator([p.sample for p in items])
         batch.data_state = {**self.state(), "sources": [p.sample["source_name"] for p in items],
                             "keys": [p.sample["key"] for p in items]}
@@ -215,3 +226,9 @@ class MixtureDataset(IterableDataset):
         while True:
             yield slot.next_batch(index // plan.batches_per_step)
             index += workers
+
+
+def _all_text(record: dict) -> str:
+    """Every text the sample feeds the VLM: the caption or instruction, or the whole conversation."""
+    turns = record.get("conversation")
+    return "\n".join(str(t["content"]) for t in turns) if turns else record["text"]

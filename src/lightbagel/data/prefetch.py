@@ -8,16 +8,15 @@ thread only takes them from a queue. Measured in docs/data.md ("Loading off the 
 
 The order of batches is the loader's; nothing is recorded as consumed until the training loop takes
 a batch (MixtureDataModule.on_before_batch_transfer), so resume stays exact. `Prefetcher.close`
-(the datamodule's teardown and on_exception) stops and joins every producer: a daemon thread still
-inside a torch op while the interpreter exits aborts the process ("terminate called without an
-active exception").
+(the datamodule's teardown and on_exception) stops and joins every producer, also one whose iterator
+is gone: a daemon thread still inside a torch op while the interpreter exits aborts the process
+("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import weakref
 from typing import Any, Iterable, Iterator, Optional
 
 _BATCH, _END, _ERROR = range(3)
@@ -32,28 +31,33 @@ class Prefetcher:
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self.loader, self.depth = loader, depth
-        self._iterators: weakref.WeakSet = weakref.WeakSet()
+        # Every producer started and not yet ended, held by its thread, not by its iterator: Lightning
+        # drops its iterator when fit ends, and a producer still making a batch must be joined all the same.
+        self._producers: list[tuple[threading.Event, threading.Thread]] = []
 
     def __iter__(self) -> "PrefetchIterator":
-        it = PrefetchIterator(self.loader, self.depth)
-        self._iterators.add(it)
-        return it
+        return PrefetchIterator(self.loader, self.depth, self._producers)
 
     def close(self) -> None:
         """Stops every producer thread and waits for it to end (the datamodule's teardown)."""
-        for it in list(self._iterators):
-            it.close(wait=True)
+        producers, self._producers[:] = list(self._producers), []
+        for stop, _ in producers:
+            stop.set()
+        for _, thread in producers:
+            if thread is not threading.current_thread():
+                thread.join(_JOIN_S)
 
 
 class PrefetchIterator:
     """Starts at the first `next`: Lightning calls `iter` once only to check that it can, and two
     threads must never draw from one (persistent) DataLoader iterator."""
 
-    def __init__(self, loader: Iterable, depth: int):
+    def __init__(self, loader: Iterable, depth: int, producers: Optional[list] = None):
         self.loader = loader
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
         self.thread: Optional[threading.Thread] = None
+        self._producers = producers if producers is not None else []
 
     def __iter__(self) -> "PrefetchIterator":
         return self
@@ -63,6 +67,8 @@ class PrefetchIterator:
         self.thread = threading.Thread(target=_produce, args=(source, self._queue, self._stop),
                                        name="data-prefetch", daemon=True)
         self.thread.start()
+        self._producers[:] = [(stop, t) for stop, t in self._producers if t.is_alive()]  # ended ones: nothing to join
+        self._producers.append((self._stop, self.thread))
 
     def __next__(self) -> Any:
         if self.thread is None:

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from typing import Any, Callable
 
 from PIL import Image
 
+from lightbagel.data.chat import IMAGE
 from lightbagel.data.images import UnsupportedMode, to_rgb
 
 TRAINABLE = ("t2i", "edit")  # the default objective: flow matching alone
@@ -69,9 +71,11 @@ def _image_bytes(sample: dict, base: str) -> bytes | None:
 def open_image(data: bytes, max_pixels: int, name: str = "") -> Image.Image:
     """Decode to RGB; the size is checked from the header first, so a huge image costs nothing."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # PIL's own bomb warning: the size check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         width, height = image.size
-    except Exception as exn:  # PIL raises many types for bad headers
+    except Exception as exn:  # PIL raises many types for bad headers (DecompressionBombError too)
         raise BadSample("decode", f"{name}: {exn!r}") from None
     if width * height > max_pixels:
         raise BadSample("oversize", f"{name}: {width}x{height} > {max_pixels} pixels")
@@ -147,6 +151,10 @@ def _und(sample: dict, max_pixels: int) -> dict:
     if not ok:
         raise BadSample("decode", f"{sample.get('__key__')}.conversation.json: expected [{{role, content}}, ...]")
     images = _numbered(sample, "image", max_pixels)
+    marks = sum(str(t["content"]).count(IMAGE) for t in turns)
+    if marks > len(images):  # caught here, per sample, not when its batch is collated
+        raise BadSample("missing_key", f"{sample.get('__key__')}: conversation has {marks} {IMAGE} marks "
+                                       f"but {len(images)} images")
     text = "\n".join(str(t["content"]) for t in turns if t["role"] == "user")
     return _record(sample, "und", text, None, images, conversation=turns)
 

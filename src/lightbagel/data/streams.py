@@ -24,7 +24,7 @@ import webdataset as wds
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
-from lightbagel.data.shards import SkipCounter, _TarEndCheck
+from lightbagel.data.skips import SkipCounter, TarEndCheck
 from lightbagel.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def read_shard(url: str, counter: SkipCounter | None) -> Iterator[dict]:
     """Raw samples (field -> bytes) of one tar shard; an unreadable or truncated shard is counted
     (unless `counter` is None) and ends early instead of raising."""
     try:
-        stream = _TarEndCheck(wds.gopen(url), url)
+        stream = TarEndCheck(wds.gopen(url), url)
     except Exception as exn:
         if counter is not None:
             counter.add("unreadable_shard", f"{url}: {exn!r}")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from lightbagel import flow_matching as fm
 from lightbagel.data.collate import Collator
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import LightBagel
-from lightbagel.training import flow_matching as fm
-from lightbagel.training.callbacks import validation_samples
+from lightbagel.shapes.heldout import validation_samples
 
 
 @torch.no_grad()

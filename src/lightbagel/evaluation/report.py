@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from lightbagel.recipe.compose import PARAM_MAX_CHARS
+
 
 def metrics_table(metrics: dict[str, float]) -> str:
     """A two-column markdown table of any flat metrics."""
@@ -23,7 +25,7 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
     """
     import mlflow
 
-    from lightbagel.training import tracking
+    from lightbagel.runs import tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     if parent is None:
@@ -34,7 +36,7 @@ def log_to_mlflow(metrics: dict[str, float], params: dict[str, object], tracking
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     for key, value in params.items():
-        client.log_param(run_id, key, str(value)[:500])  # MLflow's limit on a param value
+        client.log_param(run_id, key, str(value)[:PARAM_MAX_CHARS])
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
     for path in artifacts:  # a folder goes in whole, under its own name

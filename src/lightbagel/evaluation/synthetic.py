@@ -15,8 +15,8 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lightbagel.data import shapes
-from lightbagel.data.shapes import Scene
+from lightbagel import shapes
+from lightbagel.shapes import Scene
 
 # Category -> (scene maker, the checks of shapes.score that must all hold).
 SceneMaker = Callable[[random.Random], Scene]
@@ -116,7 +116,7 @@ class SyntheticReport:
     def save_grids(self, out_dir: Path, per_grid: int = 8) -> list[Path]:
         """One captioned grid per category (`<category>.png`): the generated row above the
         reference (and the source row first for edits), the prompt under each column."""
-        from lightbagel.training.callbacks import captioned_grid
+        from lightbagel.evaluation.grid import captioned_grid
 
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []

@@ -1,4 +1,4 @@
-"""Understanding scored exactly: questions about held-out shapes-world scenes (data/questions.py).
+"""Understanding scored exactly: questions about held-out shapes-world scenes (shapes/questions.py).
 
 An answer counts when the VLM's greedy reply equals the reference answer word for word (for
 captions, the whole caption). Scenes come from their own random stream, never from the shards'.
@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from lightbagel.data import questions, shapes
-from lightbagel.data.questions import Question
+from lightbagel import shapes
+from lightbagel.shapes import questions
+from lightbagel.shapes.questions import Question
 
 
 @dataclass

@@ -16,7 +16,6 @@ from torch import nn
 
 from lightbagel.fusion.mask import attend
 from lightbagel.recipe.schema import FusionConfig
-from lightbagel.registry import FUSION
 
 Rotate = Callable[[torch.Tensor, object], torch.Tensor]
 # fusion.positional -> whether each stream rotates its own Q/K with its own rotary embedding.
@@ -123,7 +122,6 @@ def _attend(q, k, v, mask) -> torch.Tensor:
     return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask).transpose(1, 2).flatten(2)
 
 
-@FUSION.register("double_fusion")
 def build_double_fusion(cfg: FusionConfig, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, depth: int):
     kwargs = dict(und_writeback=cfg.und_writeback, per_stream_rope=PER_STREAM_ROTARY[cfg.positional],
                   qk_norm=cfg.qk_norm, zero_init=cfg.zero_init, eps=cfg.eps)

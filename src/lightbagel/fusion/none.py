@@ -11,7 +11,6 @@ from torch import nn
 
 from lightbagel.fusion.blocks import StreamSpec
 from lightbagel.recipe.schema import FusionConfig
-from lightbagel.registry import FUSION
 
 
 class NoFusionBlock(nn.Module):
@@ -29,6 +28,5 @@ class NoFusionBlock(nn.Module):
         return h_gen
 
 
-@FUSION.register("none")
 def build_no_fusion(cfg: FusionConfig, und: StreamSpec, gen: StreamSpec, heads: int, head_dim: int, depth: int):
     return nn.ModuleList(NoFusionBlock() for _ in range(depth))

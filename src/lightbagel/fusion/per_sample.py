@@ -15,7 +15,7 @@ Every query also sees its own key (k == q + offset, fusion/mask.py): in every ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -36,6 +36,12 @@ class SampleGroups:
     queries: list[list[int]]  # per group: indices into q_sizes, ascending
     keys: list[list[int]]
     kinds: list[Kind]
+    # Groups of one shape and one mask, run as one batched SDPA call: (group indices, their kind).
+    calls: list[tuple[list[int], Kind]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.calls:
+            self.calls = _calls(self)
 
 
 def sample_groups(mask) -> SampleGroups:
@@ -55,6 +61,23 @@ def sample_groups(mask) -> SampleGroups:
     (q_sizes, q_at), (k_sizes, k_at) = _tiling(queries, batch * q_len), _tiling(keys, batch * k_len)
     return SampleGroups(q_sizes, k_sizes, [[q_at[a] for a, _ in r] for r in queries],
                         [[k_at[a] for a, _ in r] for r in keys], kinds)
+
+
+def _calls(groups: SampleGroups) -> list[tuple[list[int], Kind]]:
+    """Groups with equal query and key lengths and equal masks, in first-seen order: a packed row
+    holds many samples of one shape (T2I targets of one size, edits of one size), and one batched
+    SDPA call costs far less than one call each."""
+    calls: dict = {}
+    for i, (q_at, k_at, kind) in enumerate(zip(groups.queries, groups.keys, groups.kinds)):
+        nq, nk = (sum(sizes[j] for j in at) for sizes, at in ((groups.q_sizes, q_at), (groups.k_sizes, k_at)))
+        key = (nq, nk, _mask_key(kind) if isinstance(kind, torch.Tensor) else kind)
+        calls.setdefault(key, ([], kind))[0].append(i)
+    return list(calls.values())
+
+
+def _mask_key(mask: torch.Tensor):
+    """Equal masks share a key; a mask without data (meta device) only its own."""
+    return id(mask) if mask.device.type == "meta" else mask.cpu().numpy().tobytes()
 
 
 def _runs(index: torch.Tensor) -> Runs:
@@ -93,6 +116,13 @@ def _joined(pieces: tuple, index: list[int]) -> torch.Tensor:
     return (pieces[index[0]] if len(index) == 1 else torch.cat([pieces[i] for i in index], dim=1))[None]
 
 
+def _stacked(pieces: tuple, indices: list[list[int]]) -> torch.Tensor:
+    """(G, H, n, D): groups of one length, each joined from its pieces."""
+    if len(indices) == 1:
+        return _joined(pieces, indices[0])
+    return torch.cat([_joined(pieces, index) for index in indices])
+
+
 def attend_per_sample(q, k, v, groups: SampleGroups, scale: Optional[float] = None,
                       enable_gqa: bool = False) -> torch.Tensor:
     """(B, H, L, D) attention, sample by sample; equals SDPA under the whole row's dense mask."""
@@ -103,11 +133,14 @@ def attend_per_sample(q, k, v, groups: SampleGroups, scale: Optional[float] = No
     qs = flat(q).split(groups.q_sizes, dim=1)
     ks, vs = flat(k).split(groups.k_sizes, dim=1), flat(v).split(groups.k_sizes, dim=1)
     outs = [None] * len(qs)
-    for q_at, k_at, kind in zip(groups.queries, groups.keys, groups.kinds):
+    for members, kind in groups.calls:
+        q_at, k_at = [groups.queries[g] for g in members], [groups.keys[g] for g in members]
         mask = kind if isinstance(kind, torch.Tensor) else None
-        out = F.scaled_dot_product_attention(_joined(qs, q_at), _joined(ks, k_at), _joined(vs, k_at), attn_mask=mask,
-                                             is_causal=isinstance(kind, str), scale=scale, enable_gqa=enable_gqa)[0]
-        for i, piece in zip(q_at, out.split([groups.q_sizes[i] for i in q_at], dim=1)):
-            outs[i] = piece
+        out = F.scaled_dot_product_attention(_stacked(qs, q_at), _stacked(ks, k_at), _stacked(vs, k_at),
+                                             attn_mask=mask, is_causal=isinstance(kind, str), scale=scale,
+                                             enable_gqa=enable_gqa)
+        for at, one in zip(q_at, out):
+            for i, piece in zip(at, one.split([groups.q_sizes[i] for i in at], dim=1)):
+                outs[i] = piece
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # every query belongs to one group
     return out.unflatten(1, (batch, q_len)).transpose(0, 1)

@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lightbagel.backbones.understanding.base import EncodedPrompt
-from lightbagel.data.buckets import ResolutionPolicy, vae_multiple_of
+from lightbagel.data.buckets import ResolutionPolicy
 from lightbagel.data.collate import image_to_tensor, tensor_to_image
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.inference.sampler import Conditioning, SamplerConfig, sample
 from lightbagel.model import LightBagel
-from lightbagel.precision import apply_precision, dtype_named, inference_plan, training_plan
+from lightbagel.model_folder import RECIPE, export_model, load_exported, resolved_recipe
+from lightbagel.precision import apply_precision, dtype_named, inference_plan, precision_of
 from lightbagel.recipe.schema import RecipeConfig
-from lightbagel.training.export import RECIPE, export_model, load_exported, resolved_recipe
 
 Sources = Union[None, Image.Image, Sequence[Image.Image]]
 
@@ -60,7 +60,7 @@ class LightBagelPipeline:
         `dtype` (a precision.DTYPES name) is what every weight computes in, but the fp32 list of
         precision.py (VAE, rotary tables, timestep path); default: the training compute dtype.
         The folder's recipe may not turn on code loading; only `trust_remote_code=True` here may
-        (training/export.py).
+        (model_folder.py).
         """
         directory = Path(directory)
         if not (directory / RECIPE).is_file():
@@ -68,8 +68,8 @@ class LightBagelPipeline:
                                     f"(e.g. outputs/tiny/export)")
         recipe = resolved_recipe(directory / RECIPE)
         model = load_exported(directory, device=device, trust_remote_code=trust_remote_code)
-        compute = dtype_named(dtype, "--dtype") if dtype is not None else training_plan(recipe).precision.compute
-        return cls(apply_precision(model, inference_plan(recipe, compute)), recipe, device)
+        compute = dtype_named(dtype, "--dtype") if dtype is not None else precision_of(recipe.trainer).compute
+        return cls(apply_precision(model, inference_plan(model, compute)), recipe, device)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Writes the same layout `from_pretrained` reads."""
@@ -84,7 +84,7 @@ class LightBagelPipeline:
     def policy(self) -> ResolutionPolicy:
         """The recipe's training resolution rules, which size edit sources here too."""
         res = self.recipe.data.resolution
-        return ResolutionPolicy(res, res.vae_multiple or vae_multiple_of(self.model.gen))
+        return ResolutionPolicy(res, res.vae_multiple or self.model.gen.vae_multiple)
 
     def default_config(self, task: str = "t2i", **overrides) -> SamplerConfig:
         """BAGEL's sampler settings for `task` ("t2i" or "edit"; docs/inference.md), with the training shift."""
@@ -144,6 +144,8 @@ class LightBagelPipeline:
         """Prompt tokens (sources' ViT copies, then the text) and clean source latents of one
         same-size batch; the VAE split's order comes from the prompt (`fusion.edit_layout`)."""
         proc = self.model.und.processor
+        for i, job in enumerate(jobs, 1):
+            proc.check_text(job.prompt, f"prompt {i}")
         encoded: list[EncodedPrompt] = [proc.prompt(j.prompt, j.vit) for j in jobs]
         und = proc.collate(encoded).to(self.device)
         k = max(len(j.vae) for j in jobs)
@@ -172,6 +174,7 @@ class LightBagelPipeline:
         """The answer's token ids (greedy; transformers' `generate` on the VLM), up to the end of
         the turn. With `chat_template` (and a tokenizer that has one) the question is a user turn."""
         proc = self.model.und.processor
+        proc.check_text(question, "the question")
         vits = [self.policy.vit_pixels(image) for image in images]
         prompt = proc.chat(question, vits) if chat_template else proc.encode([*vits, question])
         und = proc.collate([prompt]).to(self.device)

@@ -18,16 +18,17 @@ and fusion attention are kept from the first step, and later steps run the targe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from lightbagel.flow_matching import sampling_times
 from lightbagel.inference.guidance import RENORM, guide
 from lightbagel.inputs import EDIT_HIDES, TARGET_ORDER, TEXT, VIT, GenInputs, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, UndCache
-from lightbagel.training.flow_matching import sampling_times
 
 
 @dataclass
@@ -49,6 +50,11 @@ class SamplerConfig:
     use_cache: bool = True
 
     def __post_init__(self) -> None:
+        scalars = {"shift": self.shift, "text_guidance": self.text_guidance, "image_guidance": self.image_guidance,
+                   "renorm_min": self.renorm_min}
+        for name, value in scalars.items():  # inf or nan guidance turns every image black
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.shift <= 0:

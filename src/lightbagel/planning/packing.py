@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.model import LightBagel
 from lightbagel.packing import layout_tokens
 from lightbagel.recipe.schema import RecipeConfig
@@ -25,6 +24,8 @@ class PackingSample:
     padded: int  # token slots padded rows compute for the same batches
     budget: Optional[int]  # data.packing.token_budget
     layout: str  # data.packing.layout: what the trainer builds
+    max_tokens: Optional[int] = None  # data.packing.max_tokens
+    mixed: int = 0  # batches holding several image sizes (packed rows of every size)
 
     @property
     def padded_fraction(self) -> float:
@@ -34,28 +35,28 @@ class PackingSample:
     def budget_fill(self) -> Optional[float]:
         return None if self.budget is None else self.real / self.batches / self.budget
 
+    @property
+    def cap_fill(self) -> Optional[float]:
+        return None if self.max_tokens is None else self.real / self.batches / self.max_tokens
+
 
 def sample_packing(recipe: RecipeConfig, model: LightBagel, batches: int) -> PackingSample:
     """Counts `batches` batches of the recipe's pipeline (one rank, in the main process)."""
     from lightbagel.data.datamodule import MixtureDataModule
     from lightbagel.training.module import objective_tasks
 
-    multiple = vae_multiple_of(model.gen)
+    multiple = model.gen.vae_multiple
     dm = MixtureDataModule(replace(recipe.data, num_workers=0), model.und.processor, vae_multiple=multiple,
                            tasks=objective_tasks(recipe))
     dm.prepare_data()
     dm.setup("fit")
-    real = padded = samples = 0
+    real = padded = samples = mixed = 0
     for batch in itertools.islice(iter(dm.train_dataloader()), batches):
-        per_slot = _per_slot(batch, multiple)
-        real += sum(layout_tokens(batch, per_slot, "packed"))
-        padded += sum(layout_tokens(batch, per_slot, "padded"))
+        real += sum(layout_tokens(batch, multiple, "packed"))
+        padded += sum(layout_tokens(batch, multiple, "padded"))
         samples += len(batch)
-    return PackingSample(batches, samples, real, padded, recipe.data.packing.token_budget,
-                         recipe.data.packing.layout)
+        mixed += len(getattr(batch, "groups", ())) > 1
+    packing = recipe.data.packing
+    return PackingSample(batches, samples, real, padded, packing.token_budget, packing.layout, packing.max_tokens,
+                         mixed)
 
-
-def _per_slot(batch, multiple: int) -> int:
-    """DiT tokens per image slot of a batch (one VAE size per batch); 0 for a chat batch."""
-    target = getattr(batch, "target", None)
-    return 0 if target is None else (target.shape[-2] // multiple) * (target.shape[-1] // multiple)

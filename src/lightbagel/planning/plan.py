@@ -29,6 +29,8 @@ class Plan:
     nodes: int
     gpus: int
     packing: Optional[PackingSample] = None  # a measured sample of the data pipeline, when asked for
+    # The same sequence with fusion.und_writeback flipped: what the paper's write-back costs.
+    writeback: Optional[tuple[bool, list[PartFlops]]] = None
 
 
 def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_tokens: int = 128,
@@ -41,12 +43,13 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         edit_fraction = weights.get("edit", 0.0) / max(sum(weights.values()), 1e-12)
     if not 0.0 <= edit_fraction <= 1.0:
         raise ValueError(f"--edit-fraction must be in [0, 1], got {edit_fraction}")
-    precision = training_plan(recipe)
     steps = tqdm(total=4, desc="planning", disable=not progress, leave=False)
+    model: LightBagel = build_skeleton(recipe)
+    precision = training_plan(recipe.trainer, model)
     # Weights as the forward sees them: compute copies, the fp32 list in fp32, the DiT's residual
     # stream in fp32 where the training plan keeps it so (precision.py).
-    seen = replace(inference_plan(recipe, precision.precision.compute), fp32_residual=precision.fp32_residual)
-    model: LightBagel = apply_precision(build_skeleton(recipe), seen)
+    seen = replace(inference_plan(model, precision.precision.compute), fp32_residual=precision.fp32_residual)
+    apply_precision(model, seen)
     steps.update()
     workload = make_workload(model, seq_len, recipe.data.image_size, recipe.data.vit_image_size, text_tokens,
                              edit_fraction)
@@ -57,8 +60,19 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         steps.update()
     parts = model_parts(model)
     flops = sequence_flops(model, workload)
+    writeback = _flipped_writeback(recipe, workload)
     steps.update()
     steps.close()
     memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
     packing = sample_packing(recipe, model, data_sample) if data_sample > 0 else None
-    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing)
+    return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing, writeback)
+
+
+def _flipped_writeback(recipe: RecipeConfig, workload: Workload) -> Optional[tuple[bool, list[PartFlops]]]:
+    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses)."""
+    if recipe.fusion.block == "none":
+        return None
+    flipped = replace(recipe, fusion=replace(recipe.fusion, und_writeback=not recipe.fusion.und_writeback))
+    model = build_skeleton(flipped)
+    apply_precision(model, inference_plan(model, training_plan(flipped.trainer, model).precision.compute))
+    return flipped.fusion.und_writeback, sequence_flops(model, workload)

@@ -63,15 +63,41 @@ def packing_lines(plan: Plan) -> list[str]:
     if p is None:
         return []
     fill = "" if p.budget_fill is None else f" = {p.budget_fill:.1%} of data.packing.token_budget {p.budget:,}"
+    if p.cap_fill is not None:
+        fill += f", {p.cap_fill:.1%} of data.packing.max_tokens {p.max_tokens:,}"
     return [
-        f"data sample: {p.batches} batches, {p.samples} samples; {p.real / p.batches:,.0f} real tokens per batch{fill}",
+        f"data sample: {p.batches} batches, {p.samples} samples ({p.mixed} batches of several image sizes); "
+        f"{p.real / p.batches:,.0f} real tokens per batch{fill}",
         f"  real tokens / computed token slots: packed rows 100%, padded rows {p.padded_fraction:.1%} "
         f"(the trainer builds {p.layout} rows; the FLOPs below are per packed sequence, real tokens only)",
         "",
     ]
 
 
+def ideal_flops(plan: Plan, flops: list) -> float:
+    """What a step must compute: every part's forward, the backward of trainable parts only, no
+    recompute (a frozen part's input gradients and checkpointing's replay are the overhead)."""
+    trainable = {p.name for p in plan.parts if p.trainable}
+    return sum(r.forward for r in flops) + sum(r.backward for r in flops if r.name in trainable)
+
+
+def efficiency_lines(plan: Plan) -> list[str]:
+    """Computed FLOPs per real token against the ideal, and the cost of `fusion.und_writeback`."""
+    ideal = ideal_flops(plan, plan.flops)
+    model, ckpt = (sum(getattr(r, k) for r in plan.flops) for k in ("model", "with_checkpointing"))
+    lines = [f"computed / ideal FLOPs per real token (ideal: trainable fwd+bwd, frozen fwd only, no recompute): "
+             f"{model / ideal:.2f}x without act. ckpt, {ckpt / ideal:.2f}x with it (every block recomputed)"]
+    if plan.writeback is not None:
+        flipped, other = plan.writeback
+        here = "false" if flipped else "true"
+        o_model, o_ckpt = (sum(getattr(r, k) for r in other) for k in ("model", "with_checkpointing"))
+        lines.append(f"fusion.und_writeback {here} (this recipe): {model / 1e12:,.1f} TFLOPs fwd+bwd "
+                     f"({ckpt / 1e12:,.1f} with act. ckpt); {str(flipped).lower()}: {o_model / 1e12:,.1f} "
+                     f"({o_ckpt / 1e12:,.1f}), {o_model / model:.2f}x")
+    return lines
+
+
 def format_plan(plan: Plan) -> str:
     lines = [f"plan for {plan.name}", "", *parameters_table(plan), "", *workload_lines(plan), "",
-             *packing_lines(plan), *flops_table(plan), "", *memory_table(plan)]
+             *packing_lines(plan), *flops_table(plan), *efficiency_lines(plan), "", *memory_table(plan)]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lightbagel.recipe.messages import RecipeError
 from lightbagel.recipe.schema import KINDS
-from lightbagel.recipe.sources import Layer, read_yaml, show
+from lightbagel.recipe.sources import Layer, read_yaml, shipped, show
 
 ENV_VAR = "LIGHTBAGEL_COMPONENTS"
 
@@ -24,7 +24,7 @@ def available_cards(kind: str, search_path: Sequence[str | Path]) -> list[str]:
     return sorted({card.stem for d in search_path for card in (Path(d) / kind).glob("*.yaml")})
 
 
-SHIPPED_COMPONENTS = Path(__file__).resolve().parent.parent / "components"  # package data
+SHIPPED_COMPONENTS = shipped("components")
 
 
 def component_search_path(recipe_files: Sequence[str | Path]) -> list[Path]:

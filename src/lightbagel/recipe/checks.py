@@ -45,7 +45,6 @@ def check_values(cfg: DictConfig, origins: Origins) -> None:
         for key, value in _range_values(cfg, pattern):
             if value is not None and not ok(value):
                 raise RecipeError(f"{origins.of(key)}: {key}: must be {wanted}, got {value!r}")
-    # Closed sets before registries: registry lookups import the adapter modules.
     for pattern in [*CHOICES, *REGISTRY_KEYS]:
         label, allowed = allowed_values(pattern)
         for key, value in _range_values(cfg, pattern):

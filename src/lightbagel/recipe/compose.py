@@ -17,9 +17,10 @@ Recipe format::
 Cards. Each kind (understanding, generation, fusion, data, trainer) names a card: card NAME of
 kind K is the file `K/NAME.yaml` in the first component directory holding it, searched in
 `<recipe dir>/../components` (the recipe's, then each base's), every directory in
-`$LIGHTBAGEL_COMPONENTS` (os.pathsep-separated), `./components`, then the cards shipped inside the
-package (`lightbagel/components`, so an installed package finds them from any folder while a
-project's own cards of the same name win). A card holds the kind's
+`$LIGHTBAGEL_COMPONENTS` (os.pathsep-separated), `./components`, then the cards shipped with the
+package (`sources.shipped`: package data of a wheel, so an installed package finds them from any
+folder while a project's own cards of the same name win). A recipe is a file or a name (`tiny`):
+`./recipes/NAME.yaml`, then the shipped recipes (`sources.find_recipe`). A card holds the kind's
 schema fields (schema.py) except `card`, which is filled in with the card's name.
 
 Inheritance. With `base`, the base recipe applies first and this file overrides it. For a kind,
@@ -59,10 +60,10 @@ from lightbagel.recipe.cards import (
 from lightbagel.recipe.checks import check_values, resolve
 from lightbagel.recipe.messages import Origins, RecipeError, flatten, merge_error
 from lightbagel.recipe.schema import KINDS, RecipeConfig
-from lightbagel.recipe.sources import Layer, available_recipes, parse_override, read_chain, show
+from lightbagel.recipe.sources import Layer, available_recipes, find_recipe, parse_override, read_chain, show
 
 __all__ = ["Recipe", "RecipeError", "available_cards", "available_recipes", "component_search_path", "load_recipe"]
-PARAM_MAX_CHARS = 500  # MLflow's historical limit on a param value
+PARAM_MAX_CHARS = 500  # the param-value limit MLflow stores enforce (6000 on newer ones; 500 fits all)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Load, merge, type-check and validate a recipe. Raises RecipeError."""
-    path = Path(path)
+    """Load, merge, type-check and validate a recipe (a file, or a name: `find_recipe`). Raises RecipeError."""
+    path = find_recipe(path)
     chain = read_chain(path)
     layers = [layer for _, layer in chain] + [parse_override(item) for item in overrides]
     cards, rest = plan_cards(layers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,33 @@ class Layer:
 
 
 RECIPE_SUFFIXES = (".yaml", ".yml")  # what a recipe file may end with (a card is NAME.yaml)
+
+
+def shipped(folder: str) -> Path:
+    """The cards (`components`) or recipes (`recipes`) shipped with lightbagel: package data in an
+    installed wheel (pyproject.toml maps the top-level folders into the package), else the
+    checkout's own top-level folder (a source tree run with PYTHONPATH=src)."""
+    data = resources.files("lightbagel") / folder
+    if data.is_dir():
+        return Path(str(data))
+    return Path(__file__).resolve().parents[3] / folder
+
+
+SHIPPED_RECIPES = shipped("recipes")
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A recipe file, or a recipe named without folder or suffix (`tiny`): `./recipes/NAME.yaml`
+    first, so a project's own recipe wins, then the recipes shipped with lightbagel."""
+    path = Path(path)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    for folder in (Path("recipes"), SHIPPED_RECIPES):
+        for suffix in RECIPE_SUFFIXES:
+            if (folder / f"{path}{suffix}").is_file():
+                return folder / f"{path}{suffix}"
+    known = ", ".join(sorted({*available_recipes("recipes"), *available_recipes(SHIPPED_RECIPES)})) or "(none)"
+    raise RecipeError(f"{path}: no recipe of that name in ./recipes or the shipped recipes; available: {known}")
 
 
 def available_recipes(directory: str | Path) -> list[str]:

@@ -2,62 +2,16 @@
 
 from __future__ import annotations
 
-import random
-import textwrap
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from lightbagel.data import shapes
 from lightbagel.data.collate import Collator, tensor_to_image
+from lightbagel.evaluation.grid import captioned_grid
 from lightbagel.inference.sampler import sample_latents
-
-
-def validation_samples(n: int, image_size: int, seed: int = 1234) -> list[dict]:
-    """A fixed set of held-out prompts, alternating text-to-image and editing."""
-    rng, samples = random.Random(seed), []
-    for i in range(n):
-        scene = shapes.sample_scene(rng)
-        if i % 2 == 0:
-            samples.append({"text": shapes.caption(scene), "source": None, "target": shapes.render(scene, image_size)})
-        else:
-            instruction, edited = shapes.sample_edit(rng, scene)
-            samples.append({"text": instruction, "source": shapes.render(scene, image_size),
-                            "target": shapes.render(edited, image_size)})
-    return samples
-
-
-def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
-    w, h = rows[0][0].size
-    cols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            grid.paste(image, (pad + j * (w + pad), pad + i * (h + pad)))
-    return grid
-
-
-def captioned_grid(rows: Sequence[Sequence[Image.Image]], captions: Sequence[str], scale: int = 4,
-                   pad: int = 2) -> Image.Image:
-    """`image_grid` with pixels enlarged `scale` times (nearest: no blur hides the detail) and the
-    prompt of each column written under it, wrapped to the column's width."""
-    big = [[im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in row] for row in rows]
-    grid = image_grid(big, pad)
-    width = big[0][0].width
-    font = ImageFont.load_default()
-    chars = max(4, width // max(1, int(font.getlength("m"))))
-    lines = [textwrap.wrap(text, chars) or [""] for text in captions]
-    line_h = font.getbbox("Ay")[3] + 2
-    canvas = Image.new("RGB", (grid.width, grid.height + line_h * max(map(len, lines)) + pad), (255, 255, 255))
-    canvas.paste(grid, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for j, wrapped in enumerate(lines):
-        for k, line in enumerate(wrapped):
-            draw.text((pad + j * (width + pad), grid.height + k * line_h), line, fill=(0, 0, 0), font=font)
-    return canvas
+from lightbagel.shapes.heldout import validation_samples
 
 
 @torch.no_grad()

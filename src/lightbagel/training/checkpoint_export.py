@@ -1,5 +1,5 @@
 """Exports for `lightbagel-fit` and `lightbagel-export`: a (sharded) checkpoint or a trained
-module -> `model.safetensors` + `recipe.yaml` (training/export.py's layout), plus `ema/` (the
+module -> `model.safetensors` + `recipe.yaml` (model_folder.py's layout), plus `ema/` (the
 same layout, EMA weights) and, for LoRA runs, `adapter/` (peft format) beside merged weights.
 """
 
@@ -13,12 +13,10 @@ from typing import Optional
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from lightbagel.model_folder import WEIGHTS, export_model, parse_recipe, refuse_code_loading
 from lightbagel.recipe.schema import RecipeConfig
-from lightbagel.training.checkpointing import safe_load
-from lightbagel.training.export import export_model, parse_recipe, refuse_code_loading
+from lightbagel.training.checkpointing import META, safe_load
 from lightbagel.training.lora import lora_layers, merge_lora, save_adapters
-
-META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint
 
 
 def plain_recipe(recipe: RecipeConfig) -> RecipeConfig:
@@ -33,7 +31,7 @@ def _touched(model, recipe: RecipeConfig) -> set[str]:
     names |= {f"{n}.weight" for n, _ in lora_layers(model)} | {f"{n}.bias" for n, _ in lora_layers(model)}
     names |= {n for n, _ in model.named_parameters() if n.startswith("fusion.")}
     if recipe.init_from:
-        with safe_open(Path(recipe.init_from) / "model.safetensors", framework="pt") as f:
+        with safe_open(Path(recipe.init_from) / WEIGHTS, framework="pt") as f:
             names |= set(f.keys())
     return names
 
@@ -55,13 +53,13 @@ def export_module(module, out_dir: Path) -> Path:
     if module.ema is not None:
         averaged = copy.deepcopy(module.model)
         module.ema.copy_to(averaged)
-        export_lightbagel(averaged, module.recipe, out_dir / "ema")
-    return export_lightbagel(module.model, module.recipe, out_dir)
+        export_lightbagel(averaged, module.trained_recipe(), out_dir / "ema")
+    return export_lightbagel(module.model, module.trained_recipe(), out_dir)
 
 
 def export_trained(trainer, module, recipe_yaml: str, out_dir: Path) -> Path:
     """After `trainer.fit`: gathers sharded weights (every rank calls this); rank 0 writes."""
-    if module._device_mesh is None:
+    if module.device_mesh is None:
         return export_module(module, out_dir)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -69,7 +67,7 @@ def export_trained(trainer, module, recipe_yaml: str, out_dir: Path) -> Path:
     if trainer.is_global_zero:
         export_module(unsharded(module.recipe, full), out_dir)
     trainer.strategy.barrier("lightbagel.export")
-    return out_dir / "model.safetensors"
+    return out_dir / WEIGHTS
 
 
 def unsharded(recipe: RecipeConfig, state: Optional[dict] = None):

@@ -12,17 +12,19 @@ import logging
 import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 import lightning as L
 import torch
 
 from lightbagel.errors import CheckpointError, first_line
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 log = logging.getLogger(__name__)
 
+META = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
 _TMP_PREFIX = ".tmp-"
 
@@ -57,16 +59,36 @@ def newest_loadable(dirpath: Path | str) -> Optional[Path]:
 
 
 def unreadable(ckpt: Path) -> Optional[str]:
-    """Why `ckpt` cannot be loaded, or None. Cheap: tensors are memory-mapped or only sized, not read."""
+    """Why `ckpt` cannot be loaded, or None: it must unpickle (tensors memory-mapped, not read), and
+    every record of its zip (torch.save writes zip files) must match its CRC, so bytes damaged in
+    place, the size kept, are found too. A sharded checkpoint's shards are only sized."""
     try:
         if ckpt.is_dir():
-            safe_load(ckpt / "meta.pt")
+            safe_load(ckpt / META)
+            _check_crc(ckpt / META)
             _check_shard_sizes(ckpt)
         else:
             safe_load(ckpt, mmap=True)
-    except (CheckpointError, OSError, ValueError) as exc:
+            _check_crc(ckpt)
+    except (CheckpointError, OSError, ValueError, zipfile.BadZipFile) as exc:
         return first_line(exc)
     return None
+
+
+def checkpoint_recipe(ckpt: Path) -> Optional[dict]:
+    """The resolved recipe a checkpoint was trained with, as plain data; None if it holds none."""
+    from omegaconf import OmegaConf
+
+    meta = safe_load(ckpt / META if ckpt.is_dir() else ckpt, mmap=not ckpt.is_dir())
+    text = meta.get("recipe_yaml")
+    return OmegaConf.to_container(OmegaConf.create(text)) if isinstance(text, str) else None
+
+
+def _check_crc(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise ValueError(f"record {damaged} does not match its CRC: the file was damaged after it was written")
 
 
 def safe_load(path: Path, mmap: bool = False) -> dict:
@@ -110,6 +132,7 @@ class AtomicCheckpoint(L.Callback):
             raise ValueError(f"trainer.keep_checkpoints must be >= 1, got {keep}")
         self.dirpath, self.every, self.keep = Path(dirpath), max(1, every_n_steps), keep
         self._saved_step = -1
+        self._verified: dict[tuple, bool] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
@@ -118,6 +141,14 @@ class AtomicCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM stops the loop after a whole step (on every rank alike: Lightning broadcasts it),
+        so the stop step is saved: a resume then replays, and logs again, no step already logged."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> Path:
         """Collective: every rank calls it. Returns the checkpoint's final path."""
@@ -143,12 +174,32 @@ class AtomicCheckpoint(L.Callback):
         if trainer.is_global_zero:
             _remove(final)
             tmp.rename(final)
-            for old in complete_checkpoints(self.dirpath)[: -self.keep]:
+            for old in self.prunable(final):
                 _remove(old)
         trainer.strategy.barrier("lightbagel.checkpoint.commit")
         self._saved_step = step
         log.info("checkpoint: %s", final)
         return final
+
+
+    def prunable(self, final: Path) -> list[Path]:
+        """The readable checkpoints beyond the newest `keep`, counting `final` (just written) as
+        kept. An unreadable one (damaged, or left by an older run) is never counted as kept, so it
+        cannot push out a good one; it stays for a person to look at."""
+        others = [p for p in complete_checkpoints(self.dirpath) if p != final]
+        readable = [p for p in others if self._readable(p)]
+        return readable[: max(0, len(readable) - (self.keep - 1))]
+
+    def _readable(self, ckpt: Path) -> bool:
+        """`unreadable(ckpt) is None`, remembered per file version: each save would read them all again."""
+        stat = ckpt.stat()
+        key = (ckpt.name, stat.st_size, stat.st_mtime_ns)
+        if key not in self._verified:
+            problem = unreadable(ckpt)
+            if problem is not None:
+                log.warning("checkpoint %s is unreadable (%s); kept, but not counted as a resume point", ckpt, problem)
+            self._verified[key] = problem is None
+        return self._verified[key]
 
 
 def flush_metrics(trainer: L.Trainer) -> None:
@@ -157,43 +208,3 @@ def flush_metrics(trainer: L.Trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, BackgroundMLFlowLogger):
             logger.flush()
-
-
-class ResumableLoader:
-    """Wraps a deterministic iterable of batches; a resumed run skips the batches already trained.
-
-    `FastForward` sets `skip` from the checkpoint before the first batch is drawn, so batch k of
-    a resumed run is batch k of an uninterrupted one.
-    """
-
-    def __init__(self, batches: Iterable):
-        self.batches, self.skip = batches, 0
-
-    def __iter__(self) -> Iterator:
-        it = iter(self.batches)
-        for _ in range(self.skip):
-            next(it)
-        yield from it
-
-
-class FastForward(L.Callback):
-    """Saves how many batches were trained; on resume, makes `loader` skip them.
-
-    Callback states load before the fit loop draws its first (prefetched) batch, and the count
-    comes from the optimizer step, not from batches drawn, which run ahead by the prefetch.
-    """
-
-    def __init__(self, loader: ResumableLoader):
-        self.loader = loader
-        self._trainer: Optional[L.Trainer] = None
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        self._trainer = trainer
-
-    def state_dict(self) -> dict:
-        if self._trainer is None:
-            return {}
-        return {"batches": self._trainer.global_step * self._trainer.accumulate_grad_batches}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.loader.skip = state_dict.get("batches", 0)

@@ -5,32 +5,32 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from omegaconf import OmegaConf
 
-from lightbagel.data.buckets import vae_multiple_of
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import Collator
+from lightbagel.data.collate import Collator, size_groups
 from lightbagel.data.datamodule import MixtureDataModule
 from lightbagel.data.monitor import DataMonitor
 from lightbagel.errors import CheckpointError
+from lightbagel.model_folder import EXPORT
 from lightbagel.recipe import Recipe
 from lightbagel.recipe.steps import accumulation, world_size
+from lightbagel.runs.folder import check_resume, folder_lock, is_rank_zero, write_record
+from lightbagel.runs.tracking import make_logger
 from lightbagel.training.callbacks import SampleGrid, SkippedDataLogger
 from lightbagel.training.checkpoint_export import export_trained
-from lightbagel.training.checkpointing import AtomicCheckpoint, newest_loadable
+from lightbagel.training.checkpointing import AtomicCheckpoint, checkpoint_recipe, newest_loadable
 from lightbagel.training.console import PlainProgress, banner, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
 from lightbagel.training.preflight import preflight
-from lightbagel.training.runs import check_resume, folder_lock, is_rank_zero, write_record
-from lightbagel.training.stages import load_parts, run_pretrain
+from lightbagel.training.stages import is_complete, load_parts, stage_recipe
 from lightbagel.training.strategy import is_sharded, make_strategy
-from lightbagel.training.tracking import make_logger
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ def token_counter(model):
     def count(batch) -> int:
         if isinstance(batch, ChatBatch):  # an und batch: the VLM's tokens only
             return int(batch.und.attention_mask.sum())
+        return sum(_group_tokens(group) for group in size_groups(batch))
+
+    def _group_tokens(batch) -> int:
         h, w = batch.target.shape[-2:]
         per_image = model.gen.tokens_per_slot(h // factor, w // factor)
         return int(batch.und.attention_mask.sum()) + per_image * (len(batch) + int(batch.has_source.sum()))
@@ -73,12 +76,30 @@ def token_counter(model):
 
 def fit(recipe: Recipe, run_name: Optional[str] = None) -> FitResult:
     """Trains `recipe` into its output folder, resuming the run there when the recipe matches it
-    (training/runs.py); `run_name` names a new MLflow run (default: the recipe's name)."""
+    (runs/folder.py); `run_name` names a new MLflow run (default: the recipe's name). A recipe with a
+    pretrain stage (training/stages.py) has the stage trained first, before its own model is built."""
     silence_noise()
-    preflight(recipe.config)  # GPUs and model sources, before any folder, lock or weight
+    preflight(recipe.config)  # GPUs and model sources, before any stage, folder, lock or weight
+    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     out = Path(recipe.config.output_dir)
     with folder_lock(out):
-        return _fit(recipe, out, run_name)
+        return _fit(recipe, out, run_name, stage)
+
+
+def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional[Path]:
+    """Trains the recipe's pretrain stage unless its export is already there; returns that export."""
+    stage = stage_recipe(recipe)
+    if stage is None:
+        return None
+    export = Path(stage.config.output_dir) / EXPORT
+    if is_complete(export, stage):
+        say(f"pretrain: reusing {export} (a finished run of {stage.path.name}); delete it to retrain")
+        return export
+    say(f"pretrain: no finished run of {stage.path.name} at {export}; training it first (once)")
+    fit(stage)
+    parts = ", ".join(recipe.config.pretrain.parts)
+    say(f"pretrain: {stage.path.name} done; {recipe.config.name} starts from its {parts}")
+    return export
 
 
 def resume_point(dirpath: Path, tr) -> Optional[Path]:
@@ -92,23 +113,22 @@ def resume_point(dirpath: Path, tr) -> Optional[Path]:
     return last
 
 
-def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
+def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Path]) -> FitResult:
     cfg = recipe.config
     accumulate = accumulation(cfg, world_size(cfg.trainer))  # a one-line error before anything is built
     last = resume_point(out / "checkpoints", cfg.trainer)
     plain = OmegaConf.to_container(recipe.resolved)
-    record = check_resume(out, plain, last is not None)
+    record = check_resume(out, plain, last is not None, checkpoint_recipe(last) if last is not None else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     module = LightBagelModule(cfg)
-    stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     if stage is not None:
         load_parts(module.model, stage, list(cfg.pretrain.parts))
     processor = module.model.und.processor
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
-                             vae_multiple=vae_multiple_of(gen),
+                             vae_multiple=gen.vae_multiple,
                              batches_per_step=accumulate, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
     if is_rank_zero():
@@ -127,7 +147,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str]) -> FitResult:
     if trainer.is_global_zero:
         print(banner(recipe, out, last, module, run_id, uri), flush=True)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None, weights_only=True)
-    export = export_trained(trainer, module, recipe.to_yaml(), out / "export")
+    export = export_trained(trainer, module, recipe.to_yaml(), out / EXPORT)
     if logger is not None:
         logger.experiment.log_artifact(logger.run_id, str(export))
     return FitResult(out, export, run_id, uri,

@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lightbagel.recipe.schema import LoraConfig
-from lightbagel.training.export import read_weights
 
 # Where each component lives inside LightBagel.
 COMPONENT_PREFIX = {"understanding": "und", "generation": "gen.dit", "fusion": "fusion"}
@@ -79,25 +78,6 @@ def save_adapters(model: nn.Module, out_dir: Path | str) -> Path:
     return out_dir
 
 
-def load_adapters(model: nn.Module, adapter_dir: Path | str) -> nn.Module:
-    """Injects the saved adapters' LoRA layers into a base model and loads their weights."""
-    adapter_dir = Path(adapter_dir)
-    add_lora(model, PeftLoraConfig.from_pretrained(str(adapter_dir)))
-    saved = read_weights(adapter_dir / WEIGHTS)  # one line when missing, truncated or not safetensors
-    state = {}
-    for name, tensor in saved.items():
-        module, _, kind = name.removeprefix(PEFT_PREFIX).rpartition(".lora_")
-        lora, _, param = kind.partition(".")
-        state[f"{module}.lora_{lora}.{ADAPTER}.{param}"] = tensor
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise KeyError(f"{adapter_dir / WEIGHTS} holds adapters this model lacks: {result.unexpected_keys[:3]}")
-    missing = [k for k in result.missing_keys if ".lora_" in k]
-    if missing:
-        raise KeyError(f"{adapter_dir / WEIGHTS} lacks adapter weights: {missing[:3]}")
-    return model
-
-
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Folds every LoRA layer into its base weight and puts the base layer back."""
@@ -109,10 +89,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if hasattr(model, "lora_config"):
         object.__delattr__(model, "lora_config")
     return model
-
-
-def expected_trainable(model: nn.Module, cfg: LoraConfig) -> int:
-    """r x (in + out) per targeted linear layer of a model without adapters."""
-    pattern = re.compile(target_regex(dict(cfg.targets)))
-    return sum(cfg.rank * (m.in_features + m.out_features)
-               for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n))

@@ -18,20 +18,23 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from lightbagel import flow_matching as fm
 from lightbagel.data.chat import ChatBatch
-from lightbagel.data.collate import TrainBatch
+from lightbagel.data.collate import MixedBatch, TrainBatch, size_groups
 from lightbagel.inputs import EDIT_HIDES, TEXT, VIT, UndInputs
 from lightbagel.model import LightBagel, build_model
-from lightbagel.packing import LAYOUTS, layout_tokens
+from lightbagel.model_folder import WEIGHTS, check_weights, read_weights
+from lightbagel.packing import layout_tokens, row_velocities
 from lightbagel.precision import apply_precision, refuse_bf16_masters, training_plan
 from lightbagel.recipe.schema import ObjectiveConfig, OptimConfig, RecipeConfig
-from lightbagel.training import flow_matching as fm
 from lightbagel.training.ema import EMAWeights
-from lightbagel.training.export import WEIGHTS, check_weights, read_weights
 from lightbagel.training.flops import stream_weights, train_flops
 from lightbagel.training.lora import add_lora
 from lightbagel.training.randomness import draw, sample_seeds
 from lightbagel.training.sharding import model_units, parallelize, shard_plan
+
+# Running statistics of the VAE posterior means (LightBagelModule.vae_loss): about the last 100 batches.
+LATENT_MOMENTS_DECAY = 0.99
 
 
 class LightBagelModule(L.LightningModule):
@@ -44,11 +47,15 @@ class LightBagelModule(L.LightningModule):
             load_init(self.model, recipe.init_from)
         if recipe.trainer.lora.enabled:
             add_lora(self.model, recipe.trainer.lora)
-        self.precision = training_plan(recipe)
+        self.precision = training_plan(recipe.trainer, self.model)
         refuse_bf16_masters(self.model, self.precision, recipe.trainer)
         self.ema: Optional[EMAWeights] = None
         self.nonfinite_total = self.nonfinite_streak = 0
         self.flops_per_batch: Optional[int] = None  # read by ThroughputMonitor for MFU
+        if recipe.objective.vae_weight > 0:  # in the checkpoint, so a resumed run keeps them
+            channels = self.model.gen.vae.latent_channels
+            self.register_buffer("latent_moments", torch.zeros(2, channels))
+            self.register_buffer("latent_moments_seen", torch.zeros((), dtype=torch.bool))
         self._configured = False
 
     def configure_model(self) -> None:
@@ -57,20 +64,22 @@ class LightBagelModule(L.LightningModule):
         if self._configured:  # Lightning may call it again (e.g. validate after fit)
             return
         tr = self.recipe.trainer
-        units = model_units(self.model, self.recipe.understanding.adapter, self.recipe.generation.adapter)
+        units = model_units(self.model)
         self._weights = stream_weights(self.model, units[0].modules, units[1].modules)
-        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
         apply_precision(self.model, self.precision)
         parallelize(self.model, units, shard_plan(tr, self.precision), mesh)
         if tr.ema.enabled:
             self.ema = EMAWeights(self.model, tr.ema.decay)
         self._configured = True
 
-    def training_step(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> Optional[torch.Tensor]:
+    def training_step(self, batch: TrainBatch | MixedBatch | ChatBatch, batch_idx: int) -> Optional[torch.Tensor]:
         loss, logged = self.weighted_loss(batch, batch_idx)
-        tokens = logged.get("train/target_tokens", logged.get("train/answer_tokens", 0.0))
         # What backward sees: every token of the global batch weighs the same (docs/distributed.md).
-        scaled = loss * global_token_weight(tokens, batch_device(batch))
+        # The tokens are every noisy target token of the batch, all its image sizes together; the
+        # VAE objective alone counts none and keeps the plain mean over ranks.
+        tokens = logged.get("train/target_tokens", logged.get("train/answer_tokens"))
+        scaled = loss if tokens is None else loss * global_token_weight(tokens, batch_device(batch))
         if not self._all_ranks_finite(loss):
             # Skipped on every rank alike (no backward, no optimizer step), counted, and stopped
             # by NonFiniteGuard after `trainer.max_nonfinite_steps` in a row.
@@ -87,7 +96,7 @@ class LightBagelModule(L.LightningModule):
         for name, value in logged.items() if writes else ():  # loss/flow or loss/und, and its tokens
             self.log(name, value, batch_size=len(batch))
         if self._configured:
-            self.flops_per_batch = self._batch_flops(batch, int(logged.get("train/target_tokens", 0)))
+            self.flops_per_batch = self._batch_flops(batch)
         return scaled
 
     def _logging_now(self) -> tuple[bool, bool]:
@@ -99,9 +108,9 @@ class LightBagelModule(L.LightningModule):
             return True, False
         return trainer._logger_connector.should_update_logs, trainer.progress_bar_callback is not None
 
-    def _batch_flops(self, batch: TrainBatch | ChatBatch, target_tokens: int) -> int:
-        per_slot = target_tokens // max(1, len(batch))
-        return train_flops(self._weights, *layout_tokens(batch, per_slot, self.recipe.data.packing.layout))
+    def _batch_flops(self, batch: TrainBatch | MixedBatch | ChatBatch) -> int:
+        multiple = self.model.gen.vae_multiple
+        return train_flops(self._weights, *layout_tokens(batch, multiple, self.recipe.data.packing.layout))
 
     def weighted_loss(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> tuple[torch.Tensor, dict]:
         """The recipe-weighted loss of a batch and what to log beside it. The data pipeline never
@@ -110,19 +119,66 @@ class LightBagelModule(L.LightningModule):
         if isinstance(batch, ChatBatch):
             loss, n_answer = self.understanding_loss(batch)
             return obj.und_weight * loss, {"loss/und": loss.detach(), "train/answer_tokens": float(n_answer)}
-        loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
-        return obj.flow_weight * loss, {"loss/flow": loss.detach(), "train/target_tokens": float(n_tokens)}
+        total, logged = 0.0, {}
+        if obj.flow_weight > 0:
+            loss, n_tokens = self.flow_matching_loss(batch, self._seeds(batch, batch_idx))
+            total = obj.flow_weight * loss
+            logged.update({"loss/flow": loss.detach(), "train/target_tokens": float(n_tokens)})
+        if obj.vae_weight > 0:
+            l1, kl = self.vae_losses(batch)
+            total = total + obj.vae_weight * (l1 + obj.vae_kl_weight * kl)
+            logged.update({"loss/vae_l1": l1.detach(), "loss/vae_kl": kl.detach()})
+        return total, logged
+
+    def vae_losses(self, batch: TrainBatch | MixedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """`vae_loss` of every image size of the batch, weighted by its pixels: the means over
+        every pixel and every latent value of the batch."""
+        groups = size_groups(batch)
+        if len(groups) == 1:
+            return self.vae_loss(groups[0])
+        pixels = [(len(g) + int(g.has_source.sum())) * g.target[0].numel() for g in groups]
+        parts = [self.vae_loss(g) for g in groups]
+        return tuple(sum(part[i] * n for part, n in zip(parts, pixels)) / sum(pixels) for i in range(2))
+
+    def vae_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE objective on every image of the batch (targets and shown sources): the mean L1
+        error of the decoded posterior sample, and the posterior's KL to N(0, 1) per latent value.
+        Keeps a running per-channel mean and std of the posterior means: the normalisation the
+        exported codec writes into its config (`trained_recipe`), as Wan's `latents_mean/std`."""
+        images = torch.cat([batch.target, batch.source[batch.has_source]])
+        decoded, kl, mean = self.model.gen.vae.reconstruct(images)
+        with torch.no_grad():
+            moments = torch.stack([mean.mean(dim=(0, 2, 3)), mean.pow(2).mean(dim=(0, 2, 3))])
+            if not self.latent_moments_seen:
+                self.latent_moments.copy_(moments)
+            self.latent_moments.lerp_(moments, 1 - LATENT_MOMENTS_DECAY)
+            self.latent_moments_seen.fill_(True)
+        return (decoded - images.float()).abs().mean(), kl
+
+    def trained_recipe(self) -> RecipeConfig:
+        """The recipe an export rebuilds the model from: with the VAE objective on, the codec's
+        config carries the latent statistics measured while it trained (Wan normalises latents by
+        its config's `latents_mean` / `latents_std`, so the DiT then diffuses unit-scale latents)."""
+        if self.recipe.objective.vae_weight <= 0:
+            return self.recipe
+        mean, second = self.latent_moments.double()
+        std = (second - mean.pow(2)).clamp_min(1e-12).sqrt()
+        vae = self.recipe.generation.vae
+        config = {**vae.config, "latents_mean": [round(v, 6) for v in mean.tolist()],
+                  "latents_std": [round(v, 6) for v in std.tolist()]}
+        generation = replace(self.recipe.generation, vae=replace(vae, config=config))
+        return replace(self.recipe, generation=generation)
 
     def understanding_loss(self, batch: ChatBatch) -> tuple[torch.Tensor, int]:
         """Next-token cross-entropy of the VLM alone on the answer tokens (the mean over them)."""
         logits = self.model.vlm_logits(batch.und)
         return answer_loss(logits, batch.und.input_ids, batch.answer_mask), int(batch.answer_mask[:, 1:].sum())
 
-    def _seeds(self, batch: TrainBatch, batch_idx: int) -> list[int]:
+    def _seeds(self, batch: TrainBatch | MixedBatch, batch_idx: int) -> list[int]:
         """Per-sample keys: (seed, micro-step, global sample index); see randomness.py."""
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         micro_step = self.global_step * accumulate + batch_idx % accumulate
-        first = first_global_index(len(batch), batch.target.device)
+        first = first_global_index(len(batch), batch_device(batch))
         return sample_seeds(self.recipe.seed, micro_step, first, len(batch))
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
@@ -131,8 +187,25 @@ class LightBagelModule(L.LightningModule):
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
-    def flow_matching_loss(self, batch: TrainBatch, seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, int]:
-        """With `seeds`, every random draw of sample i comes from seeds[i]; else from torch's RNG."""
+    def flow_matching_loss(self, batch: TrainBatch | MixedBatch,
+                           seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, int]:
+        """With `seeds`, every random draw of sample i comes from seeds[i]; else from torch's RNG.
+        A batch of several image sizes runs as one packed row (or padded rows size by size)."""
+        inputs, targets, first = [], [], 0
+        for group in size_groups(batch):
+            noised, target = self._noised(group, None if seeds is None else seeds[first:first + len(group)])
+            inputs.append(noised)
+            targets.append(target)
+            first += len(group)
+        velocities = row_velocities(self.model, inputs, self.recipe.data.packing.layout)  # packing.py
+        # Mean over every noisy target token of the batch: each token weighs the same.
+        errors = [(v.float() - t.float()).pow(2).flatten() for v, t in zip(velocities, targets)]
+        loss = (errors[0] if len(errors) == 1 else torch.cat(errors)).mean()
+        return loss, sum(t.shape[0] * t.shape[1] for t in targets)
+
+    def _noised(self, batch: TrainBatch, seeds: Optional[list[int]]) -> tuple[tuple, torch.Tensor]:
+        """One image size's model inputs (und, noisy, t, sources, source_valid, source_order) and
+        its (B, per_slot, P) velocity targets."""
         obj = self.recipe.objective
         gen = self.model.gen
         with torch.no_grad():
@@ -147,12 +220,8 @@ class LightBagelModule(L.LightningModule):
         else:
             normal = draws.normal * obj.logit_std + obj.logit_mean
             t, noise = fm.shift_time(torch.sigmoid(normal), obj.timestep_shift), draws.noise
-        run = LAYOUTS[self.recipe.data.packing.layout]  # packed rows or padded ones (packing.py)
-        velocity = run(self.model, und, fm.interpolate(x0, noise, t), t, sources, source_valid, batch.source_order)
-        target = gen.patchify(fm.velocity(x0, noise).unsqueeze(2))
-        # Mean over every noisy target token of the batch: each token weighs the same.
-        loss = (velocity.float() - target.float()).pow(2).mean()
-        return loss, target.shape[0] * target.shape[1]
+        inputs = (und, fm.interpolate(x0, noise, t), t, sources, source_valid, batch.source_order)
+        return inputs, gen.patchify(fm.velocity(x0, noise).unsqueeze(2))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Trainable weights the loss never reaches (e.g. the und-side output of the last fusion
@@ -172,8 +241,11 @@ class LightBagelModule(L.LightningModule):
     def configure_optimizers(self):
         opt = self.recipe.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # One fused kernel per step instead of a dozen per tensor (0.86 against 3.57 ms per tiny step on
+        # CPU, docs/overhead.md): torch fuses AdamW on CPU and CUDA (torch.optim.AdamW, `fused`).
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                      weight_decay=opt.weight_decay)
+                                      weight_decay=opt.weight_decay, fused=fused)
         factor = lr_factor(opt, self.recipe.trainer.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -198,8 +270,8 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def batch_device(batch: TrainBatch | ChatBatch) -> torch.device:
-    return batch.answer_mask.device if isinstance(batch, ChatBatch) else batch.target.device
+def batch_device(batch: TrainBatch | MixedBatch | ChatBatch) -> torch.device:
+    return batch.answer_mask.device if isinstance(batch, ChatBatch) else size_groups(batch)[0].target.device
 
 
 def global_token_weight(local_tokens: float, device: torch.device) -> float:
@@ -247,9 +319,13 @@ def lr_factor(opt: OptimConfig, max_steps: int):
 
 def check_objective(recipe: RecipeConfig) -> None:
     obj = recipe.objective
-    if obj.flow_weight < 0 or obj.und_weight < 0 or obj.flow_weight + obj.und_weight == 0:
-        raise ValueError(f"objective.flow_weight {obj.flow_weight} and objective.und_weight {obj.und_weight}: "
-                         "both must be >= 0 and at least one > 0")
+    weights = {"flow_weight": obj.flow_weight, "und_weight": obj.und_weight, "vae_weight": obj.vae_weight}
+    if min(weights.values()) < 0 or sum(weights.values()) == 0:
+        named = ", ".join(f"objective.{k} {v}" for k, v in weights.items())
+        raise ValueError(f"{named}: each must be >= 0 and at least one > 0")
+    if obj.vae_weight > 0 and recipe.generation.vae.freeze:
+        raise ValueError(f"objective.vae_weight {obj.vae_weight} trains the VAE, but generation.vae.freeze is true; "
+                         "set generation.vae.freeze=false (or objective.vae_weight=0)")
     if obj.und_weight > 0 and recipe.understanding.freeze and not recipe.trainer.lora.enabled:
         raise ValueError(f"objective.und_weight {obj.und_weight} trains the VLM, but understanding.freeze is true; "
                          "set understanding.freeze=false (or objective.und_weight=0)")
@@ -258,7 +334,8 @@ def check_objective(recipe: RecipeConfig) -> None:
 def objective_tasks(recipe: RecipeConfig) -> tuple[str, ...]:
     """The sample tasks the recipe's objectives train; the data pipeline skips the others."""
     obj = recipe.objective
-    return (("t2i", "edit") if obj.flow_weight > 0 else ()) + (("und",) if obj.und_weight > 0 else ())
+    images = obj.flow_weight > 0 or obj.vae_weight > 0
+    return (("t2i", "edit") if images else ()) + (("und",) if obj.und_weight > 0 else ())
 
 
 def answer_loss(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Each block is its own `fully_shard` group, so frozen blocks (the VLM) and trainable ones never
 share a group; the root group holds the rest (embeddings, ViT, heads). Parameters of a group are
-gathered only while its forward runs, which FSDP2 learns from module hooks. Adapters whose
-`block(i, ...)` calls the block module (`called=True`) get that for free; the others (Wan's
+gathered only while its forward runs, which FSDP2 learns from module hooks. Each adapter declares
+where its blocks live (`blocks`) and whether `block(i, ...)` calls the block module
+(`block_called`, backbones/*/base.py); called blocks get the hooks for free, the others (Wan's
 block runs its sub-layers itself, because its own forward expects umT5 text) are routed through a
 per-block method registered with `register_fsdp_forward_method`.
 
@@ -17,6 +18,7 @@ bf16 sub-group of their own, so the bulk of the DiT still gathers in bf16.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,12 +31,8 @@ from torch.utils.checkpoint import checkpoint as checkpoint_call
 from lightbagel.model import LightBagel
 from lightbagel.precision import PrecisionPlan
 from lightbagel.recipe.schema import TrainerConfig
-from lightbagel.registry import Registry
 
 ROUTED = "lightbagel_block"  # name of the per-block method of routed blocks
-# The fused model's methods the trainer calls besides `forward`: FSDP2 gathers the root's weights
-# around each (packed rows: packing.py; the understanding objective: training/module.py).
-ENTRY_POINTS = ("forward_packed", "vlm_logits")
 
 
 @dataclass
@@ -45,8 +43,10 @@ class BlockUnits:
     modules: Sequence[nn.Module]
     called: bool  # True: owner.block(i) calls modules[i](...), so module hooks see each block
 
-
-BLOCK_UNITS: Registry = Registry("block layout")
+    @classmethod
+    def of(cls, adapter: nn.Module) -> "BlockUnits":
+        """The units an adapter declares (`blocks`, `block_called`)."""
+        return cls(adapter, operator.attrgetter(adapter.blocks)(adapter), adapter.block_called)
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -64,25 +64,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
 
-@BLOCK_UNITS.register("qwen2_5_vl")
-def qwen_units(und) -> BlockUnits:
-    return BlockUnits(und, und.model.model.language_model.layers, called=True)
-
-
-@BLOCK_UNITS.register("wan")
-def wan_units(gen) -> BlockUnits:
-    return BlockUnits(gen, gen.dit.blocks, called=False)
-
-
-BLOCK_UNITS.register("qwen2_vl")(qwen_units)  # Qwen2-VL keeps its layers where Qwen2.5-VL does
-
-
-@BLOCK_UNITS.register("sd3")
-def sd3_units(gen) -> BlockUnits:
-    # Like Wan, the SD3 adapter runs a block's image-stream sub-layers itself (no text stream).
-    return BlockUnits(gen, gen.dit.transformer_blocks, called=False)
-
-
 @dataclass
 class ShardPlan:
     """What `parallelize` applies; built from the trainer section of a recipe."""
@@ -96,12 +77,8 @@ def shard_plan(tr: TrainerConfig, precision: PrecisionPlan) -> ShardPlan:
     return ShardPlan(precision, tr.activation_checkpointing, tr.cpu_offload)
 
 
-def model_units(model: LightBagel, und_adapter: str, gen_adapter: str) -> list[BlockUnits]:
-    return [
-        BLOCK_UNITS.get(und_adapter)(model.und),
-        BLOCK_UNITS.get(gen_adapter)(model.gen),
-        BlockUnits(model, model.fusion, called=True),
-    ]
+def model_units(model: LightBagel) -> list[BlockUnits]:
+    return [BlockUnits.of(model.und), BlockUnits.of(model.gen), BlockUnits(model, model.fusion, called=True)]
 
 
 def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mesh=None) -> LightBagel:
@@ -126,7 +103,7 @@ def parallelize(model: LightBagel, units: list[BlockUnits], plan: ShardPlan, mes
     # its root, so a sharded VAE would break the model's root; it stays whole on every rank
     # (frozen and fp32: no gradient to reduce, no compute copy).
     shard.unit(model, ignored=frozenset(model.gen.vae.parameters()))
-    for name in ENTRY_POINTS:
+    for name in model.fsdp_entry_points:
         register_fsdp_forward_method(model, name)
     return model
 

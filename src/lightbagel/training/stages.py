@@ -3,19 +3,20 @@
 Opt-in (`pretrain.recipe` is unset by default): recipes/tiny_pretrained.yaml uses it to freeze a
 *pretrained* tiny VLM, as the paper freezes a pretrained Qwen2.5-VL: `lightbagel-fit
 recipes/tiny_pretrained.yaml` first trains recipes/tiny_vlm.yaml (once; a later run finds its
-export and reuses it) and then starts from its understanding weights. The embedded default
+export and reuses it) and then starts from its understanding weights. `training/fit.py` drives the
+stage from above: it trains the stage recipe first, then builds and trains the main one. The embedded default
 (recipes/tiny.yaml) does not, yet: docs/tiny.md has the measured scores.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from lightbagel.errors import ModelFolderError, first_line
 from lightbagel.model import LightBagel
+from lightbagel.model_folder import RECIPE, WEIGHTS, read_weights, resolved_recipe
 from lightbagel.recipe import Recipe, load_recipe
-from lightbagel.training.export import RECIPE, WEIGHTS, read_weights, resolved_recipe
 
 PARTS = {"understanding": "und", "generation": "gen", "fusion": "fusion"}  # recipe part -> model attribute
 
@@ -36,24 +37,6 @@ def is_complete(export: Path, stage: Recipe) -> bool:
     if not (export / WEIGHTS).is_file() or not (export / RECIPE).is_file():
         return False
     return resolved_recipe(export / RECIPE) == stage.config
-
-
-def run_pretrain(recipe: Recipe, say: Callable[[str], None] = print) -> Optional[Path]:
-    """Runs the recipe's pretrain stage unless its export is already there; returns that export."""
-    stage = stage_recipe(recipe)
-    if stage is None:
-        return None
-    export = Path(stage.config.output_dir) / "export"
-    if is_complete(export, stage):
-        say(f"pretrain: reusing {export} (a finished run of {stage.path.name}); delete it to retrain")
-        return export
-    say(f"pretrain: no finished run of {stage.path.name} at {export}; training it first (once)")
-    from lightbagel.training.fit import fit  # fit calls this module: import at run time
-
-    fit(stage)
-    parts = ", ".join(recipe.config.pretrain.parts)
-    say(f"pretrain: {stage.path.name} done; {recipe.config.name} starts from its {parts}")
-    return export
 
 
 def load_parts(model: LightBagel, export: Path, parts: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Lightning strategies by recipe name; `fsdp2` is ModelParallelStrategy over one data-parallel mesh.
 
-The names live once, in the `STRATEGY` registry filled here; recipe validation reads the same
-registry. This module imports no Lightning, so validating a recipe stays as cheap as before.
+The names live once, in registry.py's `STRATEGY`, which points at the builders here; recipe
+validation reads the same registry without importing this module.
 
 Launch: `torchrun` or SLURM set the ranks (docs/distributed.md); Lightning spawns the processes
 itself only for a single-node run started as a plain script.
@@ -18,18 +18,15 @@ if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
 
 
-@STRATEGY.register("auto")
-def _auto(tr: TrainerConfig) -> str:
+def auto(tr: TrainerConfig) -> str:
     return "auto"
 
 
-@STRATEGY.register("ddp")
-def _ddp(tr: TrainerConfig) -> str:
+def ddp(tr: TrainerConfig) -> str:
     return "ddp"
 
 
-@STRATEGY.register("fsdp2")
-def _fsdp2(tr: TrainerConfig) -> Strategy:
+def fsdp2(tr: TrainerConfig) -> Strategy:
     from lightbagel.training.sharding import FSDP2Strategy  # Lightning and FSDP: only when a run uses them
 
     return FSDP2Strategy()

@@ -13,6 +13,10 @@ class LatentCodec(nn.Module):
 
     latent_channels: int
     spatial_factor: int
+    # Name patterns (re.search) of the weights kept in fp32 (precision.py), as diffusers'
+    # `_keep_in_fp32_modules`. VAEs run in fp32 (Wan's pipeline does), latent mean/std included:
+    # the empty pattern matches every name.
+    keep_in_fp32: tuple[str, ...] = ("",)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, C, H / f, W / f)."""
@@ -21,11 +25,19 @@ class LatentCodec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The VAE objective's view (objective.vae_weight): images decoded from a posterior sample,
+        the KL of the posterior to N(0, 1) as a mean per latent value, and the raw (unnormalised)
+        posterior mean (N, C, h, w). A codec with nothing to learn has no such view."""
+        raise NotImplementedError(f"{type(self).__name__} has no posterior to train")
+
 
 class GenerationAdapter(nn.Module):
     """A DiT seen block by block, plus its codec.
 
-    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim`, `vae` and `patch_size`.
+    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim`, `vae` and `patch_size`,
+    and declare the facts precision.py and training/sharding.py read: `keep_in_fp32`, `blocks`
+    and `block_called`.
     """
 
     num_layers: int
@@ -34,6 +46,16 @@ class GenerationAdapter(nn.Module):
     head_dim: int
     patch_size: tuple[int, int, int]
     vae: LatentCodec
+    keep_in_fp32: tuple[str, ...]  # name patterns (re.search) inside `dit` kept in fp32; () for none
+    blocks: str  # dotted path from the adapter to its block list, one FSDP2 unit per block
+    # Whether `block(i)` calls `blocks[i](...)` (module hooks then see each block); otherwise
+    # training/sharding.py routes the block's own method through FSDP2.
+    block_called: bool
+
+    @property
+    def vae_multiple(self) -> int:
+        """Pixels per DiT token side: the VAE's factor times the DiT's patch."""
+        return self.vae.spatial_factor * self.patch_size[1]
 
     def _bind(self, dit: nn.Module, vae: LatentCodec, num_train_timesteps: int,
               patch_size: tuple[int, int, int]) -> None:

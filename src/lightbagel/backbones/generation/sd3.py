@@ -17,18 +17,21 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.backbones.generation.wan import WanAdapter
+from lightbagel.backbones.loading import load_diffusers_model
 from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig, VAEConfig
-from lightbagel.registry import GENERATION, VAE
+from lightbagel.registry import VAE
 
 
 class SD3Adapter(GenerationAdapter):
     has_rotary = False  # positions are absolute embeddings; fusion needs no matching head dim
+    keep_in_fp32 = (r"^time_text_embed\.timestep_embedder\.",)  # Wan's time path; no rotary, no table
+    # Like Wan, `block(i)` runs a block's image-stream sub-layers itself (no text stream).
+    blocks, block_called = "dit.transformer_blocks", False
 
     def __init__(self, dit: SD3Transformer2DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
         super().__init__()
@@ -106,7 +109,6 @@ class SD3VAE(LatentCodec):
             return self.vae.decode(x).sample.to(latents.dtype).clamp(-1, 1)
 
 
-@VAE.register("sd3_vae")
 def build_sd3_vae(cfg: VAEConfig) -> SD3VAE:
     return SD3VAE(load_diffusers_model(AutoencoderKL, cfg))
 
@@ -121,7 +123,6 @@ def _text_stream(dit: SD3Transformer2DModel) -> list[torch.nn.Module]:
     return parts
 
 
-@GENERATION.register("sd3")
 def build_sd3(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> SD3Adapter:
     """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
     if cfg.rope_theta is not None:

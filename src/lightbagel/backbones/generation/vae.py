@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import LatentCodec
+from lightbagel.backbones.loading import load_diffusers_model
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import VAEConfig
-from lightbagel.registry import VAE
 
 
 class PixelAutoencoder(LatentCodec):
@@ -55,12 +54,17 @@ class WanVAE(LatentCodec):
             frames = self.vae.decode((latents.float() * self.std + self.mean).unsqueeze(2).to(self.vae.dtype)).sample
         return frames[:, :, 0].float().clamp(-1, 1)
 
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with fp32_region(images.device):
+            posterior = self.vae.encode(images.unsqueeze(2).to(self.vae.dtype)).latent_dist
+            decoded = self.vae.decode(posterior.sample()).sample[:, :, 0].float()
+            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).float().mean()
+        return decoded, kl, posterior.mean[:, :, 0].float()
 
-@VAE.register("pixel")
+
 def build_pixel_autoencoder(cfg: VAEConfig) -> PixelAutoencoder:
     return PixelAutoencoder(**dict(cfg.config))
 
 
-@VAE.register("wan_vae")
 def build_wan_vae(cfg: VAEConfig) -> WanVAE:
     return WanVAE(load_diffusers_model(AutoencoderKLWan, cfg))

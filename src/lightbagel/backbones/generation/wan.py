@@ -13,16 +13,22 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
-from lightbagel.backbones.cards import load_diffusers_model
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
+from lightbagel.backbones.loading import load_diffusers_model
 from lightbagel.fusion.mask import attend
 from lightbagel.inputs import GenInputs
 from lightbagel.precision import fp32_region
 from lightbagel.recipe.schema import GenerationConfig
-from lightbagel.registry import GENERATION, VAE
+from lightbagel.registry import VAE
 
 
 class WanAdapter(GenerationAdapter):
+    # Wan runs its 3D RoPE, timestep embedding/projection and modulation in fp32
+    # (https://github.com/Wan-Video/Wan2.2, wan/modules/model.py; diffusers'
+    # WanTransformer3DModel._keep_in_fp32_modules).
+    keep_in_fp32 = (r"^rope\.", r"^condition_embedder\.(time_embedder|time_proj)\.", r"(^|\.)scale_shift_table$")
+    # A Wan block's own forward expects umT5 text, so `block(i)` runs its sub-layers itself.
+    blocks, block_called = "dit.blocks", False
     # Wan2.2 keeps its residual stream and output head in fp32 (https://github.com/Wan-Video/Wan2.2,
     # wan/modules/model.py: each block's `x + y * e` and the head run under fp32 autocast); the
     # precision plan sets both (`trainer.fp32_residual`, precision.py).
@@ -129,7 +135,6 @@ class WanAdapter(GenerationAdapter):
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, slots, height, width)
 
 
-@GENERATION.register("wan")
 def build_wan(cfg: GenerationConfig, dtype: torch.dtype = torch.float32) -> WanAdapter:
     """`dtype`: what a checkpoint is read in (the precision plan sets storage afterwards)."""
     dit = load_diffusers_model(WanTransformer3DModel, cfg, dtype)

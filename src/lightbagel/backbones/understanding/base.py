@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -48,6 +48,25 @@ class UndProcessor:
     turn_start, turn_end = "<|im_start|>", "<|im_end|>"
     # "vae_first" (BAGEL's order) or "vit_first": set from the recipe's `fusion.edit_layout`.
     edit_layout: str = "vae_first"
+    # The most tokens one text may hold: the VLM's position limit, or the tokenizer's if lower
+    # (set by the adapter); None: unbounded.
+    max_tokens: Optional[int] = None
+
+    def too_long(self, text: str, limit: Optional[int] = None) -> bool:
+        """Whether `text` has more tokens than `limit` (and than `max_tokens`). Cheap for short
+        texts: no tokenizer yields more tokens than UTF-8 bytes; a long one is counted with
+        truncation on, so the tokenizer neither warns nor keeps more than limit + 1 ids."""
+        limit = min(x for x in (limit, self.max_tokens, 1 << 62) if x is not None)
+        if len(text.encode()) <= limit:
+            return False
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=limit + 1)["input_ids"]
+        return len(ids) > limit
+
+    def check_text(self, text: str, what: str) -> None:
+        """A prompt or question the model cannot read whole is refused in one line."""
+        if self.too_long(text):
+            raise ValueError(f"{what} is longer than the {self.max_tokens} tokens this model reads "
+                             f"({len(text)} characters); shorten it")
 
     def image_orders(self, out: EncodedPrompt) -> tuple[int, int]:
         """(ViT split order, VAE split order) of the next image; reserves both orders."""
@@ -133,7 +152,9 @@ class UndProcessor:
 class UnderstandingAdapter(nn.Module):
     """A VLM seen block by block.
 
-    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim` and `processor`.
+    Subclasses set `num_layers`, `hidden_size`, `num_heads`, `head_dim` and `processor`, and
+    declare the facts precision.py and training/sharding.py read: `keep_in_fp32`, `blocks` and
+    `block_called`.
     """
 
     num_layers: int
@@ -141,6 +162,9 @@ class UnderstandingAdapter(nn.Module):
     num_heads: int
     head_dim: int
     processor: UndProcessor
+    keep_in_fp32: tuple[str, ...]  # name patterns (re.search) inside the adapter kept in fp32; () for none
+    blocks: str  # dotted path from the adapter to its decoder layers, one FSDP2 unit per layer
+    block_called: bool  # whether `block(i)` calls `blocks[i](...)` (see GenerationAdapter)
 
     def embed(self, und: UndInputs) -> tuple[torch.Tensor, object]:
         """Token + ViT embeddings (B, L, D) and the rotary embedding of their positions."""

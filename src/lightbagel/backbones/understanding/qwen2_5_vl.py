@@ -20,7 +20,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from lightbagel.backbones.cards import check_card_config, reads_checkpoint
+from lightbagel.backbones.loading import check_card_config, reads_checkpoint, resolve_pretrained
 from lightbagel.backbones.understanding.base import (
     EncodedPrompt,
     Segment,
@@ -30,7 +30,6 @@ from lightbagel.backbones.understanding.base import (
 from lightbagel.backbones.understanding.order_attention import install_order_attention
 from lightbagel.inputs import TEXT, VIT, UndInputs
 from lightbagel.recipe.schema import UnderstandingConfig
-from lightbagel.registry import UNDERSTANDING
 
 
 class QwenProcessor(UndProcessor):
@@ -78,6 +77,11 @@ class QwenProcessor(UndProcessor):
 
 
 class Qwen25VLAdapter(UnderstandingAdapter):
+    # Rotary inv_freq of the LLM (M-RoPE) and of the ViT: in bf16 the phase is off by up to
+    # ~0.7 rad at distance 600, and the frozen VLM no longer computes the original model.
+    keep_in_fp32 = ("rotary",)
+    blocks, block_called = "model.model.language_model.layers", True
+
     def __init__(self, model: Qwen2_5_VLForConditionalGeneration, processor: QwenProcessor):
         super().__init__()
         self.model = model
@@ -147,7 +151,7 @@ def _host_vision_kwargs(visual, grid: torch.Tensor, device: torch.device) -> dic
 def _tiny_tokenizer(name: str):
     if name != "shapes":
         raise ValueError(f"unknown built-in tokenizer {name!r}; allowed: shapes")
-    from lightbagel.data.tokenizer import build_shapes_tokenizer
+    from lightbagel.shapes.tokenizer import build_shapes_tokenizer
 
     return build_shapes_tokenizer()
 
@@ -172,7 +176,7 @@ def _from_pretrained(cfg: UnderstandingConfig, family: "QwenFamily", dtype: torc
     # Safetensors only (no pickle), remote code only when the recipe asks for it. transformers
     # computes inv_freq in fp32 whatever `dtype` the weights are read in.
     return family.model_cls.from_pretrained(
-        cfg.pretrained, revision=cfg.revision or "main", dtype=dtype, use_safetensors=True,
+        resolve_pretrained(cfg.pretrained), revision=cfg.revision or "main", dtype=dtype, use_safetensors=True,
         attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
     )
 
@@ -185,8 +189,8 @@ def _image_processor(cfg: UnderstandingConfig, vision) -> Qwen2VLImageProcessorP
             temporal_patch_size=vision.temporal_patch_size, size=size,
         )
     # trust_remote_code given explicitly: left unset, transformers may ask on a terminal instead.
-    processor = AutoImageProcessor.from_pretrained(cfg.pretrained, revision=cfg.revision or "main", use_fast=False,
-                                                   trust_remote_code=cfg.trust_remote_code)
+    processor = AutoImageProcessor.from_pretrained(resolve_pretrained(cfg.pretrained), revision=cfg.revision or "main",
+                                                   use_fast=False, trust_remote_code=cfg.trust_remote_code)
     processor.size = size
     return processor
 
@@ -208,12 +212,13 @@ def build_qwen(cfg: UnderstandingConfig, family: QwenFamily, dtype: torch.dtype 
         model = _from_config(cfg, tokenizer, family)
     else:
         tokenizer_src = cfg.tokenizer or cfg.pretrained
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_src, revision=cfg.revision or "main",
+        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(tokenizer_src), revision=cfg.revision or "main",
                                                   trust_remote_code=cfg.trust_remote_code)
         model = _from_pretrained(cfg, family, dtype)
         check_card_config(dict(cfg.config), model.config.to_dict(), f"understanding card {cfg.card}")
     vision = model.config.vision_config
     processor = QwenProcessor(tokenizer, _image_processor(cfg, vision), vision.spatial_merge_size)
+    processor.max_tokens = min(model.config.text_config.max_position_embeddings, tokenizer.model_max_length)
     adapter = family.adapter_cls(model, processor)
     if cfg.freeze:
         adapter.requires_grad_(False)
@@ -223,6 +228,5 @@ def build_qwen(cfg: UnderstandingConfig, family: QwenFamily, dtype: torch.dtype 
 QWEN2_5_VL = QwenFamily(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen25VLAdapter)
 
 
-@UNDERSTANDING.register("qwen2_5_vl")
 def build_qwen2_5_vl(cfg: UnderstandingConfig, dtype: torch.dtype = torch.float32) -> Qwen25VLAdapter:
     return build_qwen(cfg, QWEN2_5_VL, dtype)

@@ -13,7 +13,6 @@ from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position
 
 from lightbagel.backbones.understanding.qwen2_5_vl import Qwen25VLAdapter, QwenFamily, build_qwen
 from lightbagel.recipe.schema import UnderstandingConfig
-from lightbagel.registry import UNDERSTANDING
 
 
 class Qwen2VLAdapter(Qwen25VLAdapter):
@@ -26,6 +25,5 @@ class Qwen2VLAdapter(Qwen25VLAdapter):
                 "cu_seqlens": get_vision_cu_seqlens(grid)}
 
 
-@UNDERSTANDING.register("qwen2_vl")
 def build_qwen2_vl(cfg: UnderstandingConfig, dtype: torch.dtype = torch.float32) -> Qwen2VLAdapter:
     return build_qwen(cfg, QwenFamily(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLAdapter), dtype)

@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from lightbagel.data.shapes import vocabulary
-from lightbagel.data.tokenizer import SPECIAL_TOKENS, UNK_TOKEN, build_shapes_tokenizer
+from lightbagel.shapes import vocabulary
+from lightbagel.shapes.tokenizer import SPECIAL_TOKENS, UNK_TOKEN, build_shapes_tokenizer
 
 CHAT = (
     "<|im_start|>user\nA red circle left of a blue square.<|im_end|>\n"

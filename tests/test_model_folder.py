@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from lightbagel.cli.generate import generate_main
 from lightbagel.errors import ModelFolderError
 from lightbagel.inference import LightBagelPipeline
-from lightbagel.training.export import load_exported
+from lightbagel.model_folder import load_exported
 
 EVIL_CODE = """
 from pathlib import Path
@@ -115,6 +115,29 @@ def test_truncated_weights_name_the_file(export, tmp_path):
     assert "\n" not in message and message.startswith(f"{folder / 'model.safetensors'}: not a readable safetensors")
 
 
+SYSTEM_FILES = {  # what a recipe.yaml linked to another file may hold: none of it may reach the error
+    "passwd": "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    "config": "token: hunter2-secret\n",
+    "yaml-syntax": "password: [hunter2-secret\n",
+    "known-key": "name: {hunter2-secret: 1}\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(SYSTEM_FILES))
+def test_a_recipe_linked_to_another_file_is_refused_without_echoing_it(export, tmp_path, capsys, kind):
+    elsewhere = tmp_path / "etc" / kind
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(SYSTEM_FILES[kind])
+    folder = _copy(export, tmp_path / "model")
+    (folder / "recipe.yaml").unlink()
+    (folder / "recipe.yaml").symlink_to(elsewhere)
+    assert generate_main(["a red circle", "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lightbagel-generate: {folder / 'recipe.yaml'}: not a lightbagel recipe"), err
+    said = err.split("recipe.yaml:", 1)[1]  # the paths hold "root" (/tmp/pytest-of-root)
+    assert "\n" not in err and not any(word in said for word in ("root", "daemon", "hunter2", "token", "password"))
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     # A narrower feed-forward: every block's weight has the wrong shape.
     ({"generation__config__ffn_dim": 128}, "weight 'gen.dit.blocks.0.ffn.net.0.proj.bias' has shape (256,)"),
@@ -148,7 +171,7 @@ def test_the_export_holds_the_frozen_random_initialised_weights(export, tiny_rec
 def test_an_export_from_the_release_with_card_dtypes_still_loads(export, tmp_path, caplog):
     """0.1 exports carry `understanding.dtype` / `generation.dtype`, which the precision plan replaced."""
     old = _copy(export, tmp_path / "old", understanding__dtype="bfloat16", generation__dtype="float32")
-    with caplog.at_level("WARNING", logger="lightbagel.training.export"):
+    with caplog.at_level("WARNING", logger="lightbagel.model_folder"):
         model = load_exported(old)
     assert "understanding.dtype is retired" in caplog.text and "generation.dtype is retired" in caplog.text
     reference = load_exported(export)

@@ -25,6 +25,7 @@ from lightbagel.recipe.schema import RecipeConfig
 log = logging.getLogger(__name__)
 
 WEIGHTS, RECIPE = "model.safetensors", "recipe.yaml"
+EXPORT = "export"  # a run's model folder, inside its output folder
 
 
 def random_init_prefixes(recipe: RecipeConfig) -> tuple[str, ...]:
@@ -77,8 +78,9 @@ def resolved_recipe(path: Path) -> RecipeConfig:
         raise ModelFolderError(f"{path}: cannot read: {exc.strerror}; pass a lightbagel-fit export dir") from None
 
 
-# Keys an earlier release wrote into exports and this one no longer reads: storage dtypes now come
-# from the precision plan (docs/full_size.md, "Precision"), not from the cards.
+# Keys a model folder's recipe may hold that the schema has not: storage dtypes come from the
+# precision plan (docs/full_size.md, "Precision"), not from the cards. A folder holding them still
+# loads; the keys are dropped with a warning.
 RETIRED_KEYS = ("understanding.dtype", "generation.dtype")
 
 
@@ -87,9 +89,25 @@ def parse_recipe(text: str, where: Path) -> RecipeConfig:
         stored = _without_retired(OmegaConf.create(text), where)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RecipeConfig), stored))
     except (OmegaConfBaseException, yaml.YAMLError) as exc:
-        key = getattr(exc, "full_key", None)
-        raise ModelFolderError(f"{where}:{f' {key}:' if key else ''} not a lightbagel recipe: "
-                               f"{first_line(exc)}") from None
+        raise ModelFolderError(f"{where}: not a lightbagel recipe ({_what_is_wrong(exc)}); "
+                               "pass a lightbagel-fit export dir") from None
+
+
+def _what_is_wrong(exc: Exception) -> str:
+    """Where the stored recipe breaks, without quoting it: a recipe.yaml that is a link to another
+    file (a system file, a secret) must not have that file's text echoed by the error."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"YAML syntax error at line {mark.line + 1}"
+    key = (getattr(exc, "full_key", None) or "").split("[")[0]
+    if not key:
+        return "not a mapping of recipe keys"
+    if OmegaConf.select(OmegaConf.structured(RecipeConfig), key, default=_UNKNOWN) is _UNKNOWN:
+        return "a key the recipe schema does not have"
+    return f"{key}: a value of the wrong type"
+
+
+_UNKNOWN = object()
 
 
 def _without_retired(stored, where: Path):

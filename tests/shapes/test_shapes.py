@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightbagel.data import questions, shapes
-from lightbagel.data.shapes import (
+from lightbagel import shapes
+from lightbagel.shapes import (
     BACKGROUND,
     COLORS,
     Scene,
     ShapeObject,
     caption,
     detect,
+    questions,
     render,
     sample_edit,
     sample_scene,
@@ -234,3 +235,25 @@ def test_score_catches_wrong_images():
 
     result = score(Image.new("RGB", (64, 64), BACKGROUND), scene)
     assert not any(result.values())
+
+
+def test_clean_objects_passes_renders_and_fails_fragments_noise_and_smears():
+    rng = random.Random(11)
+    scenes = [shapes.sample_scene(rng) for _ in range(200)]
+    assert sum(shapes.clean_objects(shapes.render(s, 32)) for s in scenes) >= 0.98 * len(scenes)
+    one = shapes.Scene([shapes.ShapeObject("square", "red", 0.5, 0.5, 0.4)])
+    rgb = np.asarray(shapes.render(one, 32)).copy()
+    assert shapes.clean_objects(rgb)
+    assert not shapes.clean_objects(np.full_like(rgb, shapes.BACKGROUND))  # no object
+    split = rgb.copy()
+    split[:, 15:17] = shapes.BACKGROUND  # one square cut into two halves of one colour
+    assert not shapes.clean_objects(split)
+    smear = rgb.copy()
+    smear[12:20, 4:28] = shapes.COLORS["red"]  # a box twice as wide as high
+    assert not shapes.clean_objects(smear)
+    speckle = rgb.copy()
+    speckle[1::6, 1::6] = shapes.COLORS["blue"]  # single off-object pixels
+    assert not shapes.clean_objects(speckle)
+    off = rgb.copy()
+    off[0:4, 0:4] = (0, 255, 255)  # a colour off the palette
+    assert not shapes.clean_objects(off)

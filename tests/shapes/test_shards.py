@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lightbagel.data import shapes
-from lightbagel.data.shards import SkipCounter, read_shapes_samples, write_shapes_shards
+from lightbagel import shapes
+from lightbagel.data.skips import SkipCounter
+from lightbagel.shapes.shards import write_shapes_shards
+from tests.shapes.shards_reader import read_shapes_samples
 
 N, SIZE, PER_SHARD = 50, 32, 20
 

@@ -19,10 +19,10 @@ from mlflow import MlflowClient
 
 from lightbagel.cli import eval as eval_cli
 from lightbagel.cli import fit as fit_cli
+from lightbagel.model_folder import load_exported
 from lightbagel.training.checkpointing import complete_checkpoints
-from lightbagel.training.export import load_exported
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["data.num_samples=64", "data.batch_size=8", "trainer.log_every_n_steps=2", "trainer.sample_every_n_steps=0",
         "trainer.num_sample_images=2", "trainer.sample_steps=2", "trainer.enable_progress_bar=false"]
 # The README's commands, in its order; the test fails when the README changes without it.
@@ -160,7 +160,7 @@ def test_a_second_fit_on_a_busy_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "busy"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from lightbagel.training.runs import folder_lock\n"
+         "from lightbagel.runs.folder import folder_lock\n"
          "with folder_lock(Path(sys.argv[1])):\n print('locked', flush=True); time.sleep(120)", str(out)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
@@ -201,3 +201,4 @@ def test_a_killed_run_is_marked_and_resumed_into_the_same_mlflow_run(tmp_path):
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss/train")]
     assert max(steps) >= stopped_at + 1
+    assert len(steps) == len(set(steps)), sorted(steps)  # the stop step was saved: nothing logged twice

@@ -11,12 +11,13 @@ from PIL import Image
 
 from lightbagel.cli.fit import main
 from lightbagel.data.collate import Collator
+from lightbagel.model_folder import load_exported
 from lightbagel.recipe import load_recipe
-from lightbagel.training.callbacks import render_samples, validation_samples
-from lightbagel.training.export import load_exported
+from lightbagel.shapes.heldout import validation_samples
+from lightbagel.training.callbacks import render_samples
 from lightbagel.training.fit import fit
 
-TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
 
 def _short_run(tmp_path, *extra):
@@ -93,7 +94,7 @@ def test_pretrained_recipe_freezes_the_vlm_its_stage_trained(tmp_path, capsys):
     from safetensors.torch import load_file
 
     from lightbagel.model import build_model
-    from lightbagel.training.stages import run_pretrain
+    from lightbagel.training.fit import run_pretrain
 
     assert load_recipe(TINY).config.pretrain.recipe is None
     stage = [f"data.root={tmp_path / 'und'}", "data.num_samples=16", "data.batch_size=4", "trainer.max_steps=2",

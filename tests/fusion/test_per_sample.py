@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lightbagel.fusion.mask import OrderMask
+from lightbagel.fusion.per_sample import sample_groups
 from lightbagel.inputs import TARGET_ORDER
-from tests.test_flex import _LargestTensor, _random_masks
+from tests.fusion.test_flex import _LargestTensor, _random_masks
 
 
 def _shuffled(mask: OrderMask, seed: int) -> OrderMask:
@@ -54,3 +55,23 @@ def test_no_length_squared_tensor_at_16k_packed_tokens():
         mask.attend(q, q, q)
     # Per-sample scores are 1024^2; one (L, L) mask or score matrix would be 2.7e8.
     assert 0 < probe.largest <= n * n
+
+
+def test_samples_of_one_shape_and_mask_share_one_sdpa_call():
+    """Four T2I-like samples (6 prompt tokens, 4 target tokens), two edit-like (3 + a 2-token source
+    + 2 target), one of the T2I length with another mask (a 2-token image split) and one longer:
+    four calls, each sample's output where it belongs (the equality above, on repeated shapes)."""
+    t2i = [*range(6), *[TARGET_ORDER] * 4]
+    edit = [0, 1, 2, 3, 3, *[TARGET_ORDER] * 2]
+    other = [*range(4), 4, 4, *[TARGET_ORDER] * 4]
+    longer = [*range(9), *[TARGET_ORDER] * 4]
+    layout = [t2i, edit, t2i, other, t2i, longer, edit, t2i]
+    order = torch.tensor([o for one in layout for o in one])[None]
+    sample = torch.cat([torch.full((len(one),), i) for i, one in enumerate(layout)])[None]
+    mask = OrderMask.square(order, torch.ones_like(order, dtype=torch.bool), "per_sample", sample)
+    groups = sample_groups(mask)
+    assert [members for members, _ in groups.calls] == [[0, 2, 4, 7], [1, 6], [3], [5]]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, order.shape[1], 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(_attention(mask, "per_sample", q, k, v), _attention(mask, "dense", q, k, v),
+                               rtol=1e-5, atol=1e-5)

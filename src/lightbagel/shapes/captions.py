@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from lightbagel.data.shapes import COLORS, SHAPES, Scene, ShapeObject
+from lightbagel.shapes import COLORS, SHAPES, Scene, ShapeObject
 
 _SINGLE = ShapeObject("circle", "red", 0.5, 0.5, 0.4)  # placement of a lone object
 _PAIR_SIZE, _NEAR, _FAR = 0.3, 0.28, 0.72  # two objects: centres a clear gap apart on one axis

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import torch
 
+from lightbagel import flow_matching as fm
 from lightbagel.inputs import gen_inputs
 from lightbagel.model import build_model
-from lightbagel.training import flow_matching as fm
 
 
 def test_the_true_x0_gives_the_true_velocity():

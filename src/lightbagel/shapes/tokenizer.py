@@ -1,6 +1,6 @@
 """A tiny word-level tokenizer for the shapes world, built locally (no downloads).
 
-It knows every word of :func:`lightbagel.data.shapes.vocabulary`, the words of a
+It knows every word of :func:`lightbagel.shapes.vocabulary`, the words of a
 Qwen-style chat template, digits and a little punctuation, plus the Qwen2-VL
 special tokens that the unified model uses to frame chat turns and images.
 """
@@ -12,7 +12,7 @@ import string
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lightbagel.data.shapes import vocabulary
+from lightbagel.shapes import vocabulary
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from lightbagel.data import shapes
-from lightbagel.data.shapes import COLORS, NUMBER_WORDS, SHAPES, Scene
+from lightbagel import shapes
+from lightbagel.shapes import COLORS, NUMBER_WORDS, SHAPES, Scene
 
 KINDS = ("count", "color", "shape", "position", "exists", "caption")
 CAPTION_QUESTION = "what is there"

@@ -279,6 +279,13 @@ def _label_pixels(rgb: np.ndarray) -> np.ndarray:
     edges lie on those segments, so a pixel is given to a colour when it is
     close to its segment and at least half way from the background.
     """
+    best, alpha, residual = _palette_fit(rgb)
+    keep = (alpha >= 0.5) & (residual <= MAX_RESIDUAL)
+    return np.where(keep, best, -1).reshape(rgb.shape[:2])
+
+
+def _palette_fit(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel (flattened): the nearest background->colour segment, how far along it, and how far off it."""
     bg = np.asarray(BACKGROUND, dtype=np.float64)
     pixels = rgb.reshape(-1, 3).astype(np.float64) - bg
     dirs = np.asarray(list(COLORS.values()), dtype=np.float64) - bg
@@ -286,8 +293,7 @@ def _label_pixels(rgb: np.ndarray) -> np.ndarray:
     residual = np.linalg.norm(pixels[:, None, :] - alpha[..., None] * dirs[None], axis=2)
     best = residual.argmin(axis=1)
     rows = np.arange(len(pixels))
-    keep = (alpha[rows, best] >= 0.5) & (residual[rows, best] <= MAX_RESIDUAL)
-    return np.where(keep, best, -1).reshape(rgb.shape[:2])
+    return best, alpha[rows, best], residual[rows, best]
 
 
 def _components(mask: np.ndarray) -> list[np.ndarray]:
@@ -346,6 +352,40 @@ def detect(image: Image.Image | np.ndarray) -> list[ShapeObject]:
             if len(blob) >= min_area:
                 found.append(_blob_to_object(blob, color, height, width))
     return sorted(found, key=lambda o: (o.x, o.y))
+
+
+# What a clean shape covers of its bounding box (fill ratio), on anti-aliased 32-pixel renders: an
+# upright triangle about 1/2, a circle pi/4, a square 1 (data/shapes.py renders all three).
+CLEAN_FILL = {"triangle": (0.38, 0.70), "circle": (0.58, 0.925), "square": (0.925, 1.0)}
+CLEAN_ASPECT = 0.2  # |height - width| of a clean shape's box over its side
+STRAY_FRACTION = 0.01  # fragment or off-palette pixels, as a share of the image
+
+
+def clean_objects(image: Image.Image | np.ndarray) -> bool:
+    """Whether every object of an image is one clean shape of one colour: 1 to MAX_OBJECTS blobs,
+    each with a square box and the fill of the shape it is classified as, and next to no stray
+    pixels (fragments below the blob size, or colours off the palette). The DiT tower's check on
+    unconditional samples (benchmarks/tower_quality.py), which have no prompt to score against."""
+    rgb = _as_rgb_array(image)
+    height, width = rgb.shape[:2]
+    labels = _label_pixels(rgb)
+    min_area = MIN_BLOB_FRACTION * height * width
+    blobs = [b for index in range(len(COLORS)) for b in _components(labels == index)]
+    objects = [b for b in blobs if len(b) >= min_area]
+    off_palette = int((_palette_fit(rgb)[2] > MAX_RESIDUAL).sum())
+    stray = sum(len(b) for b in blobs if len(b) < min_area) + off_palette
+    if not 1 <= len(objects) <= MAX_OBJECTS or stray > STRAY_FRACTION * height * width:
+        return False
+    return all(_clean_blob(b) for b in objects)
+
+
+def _clean_blob(pixels: np.ndarray) -> bool:
+    (r0, c0), (r1, c1) = pixels.min(axis=0), pixels.max(axis=0) + 1
+    h, w = r1 - r0, c1 - c0
+    fill = len(pixels) / (h * w)
+    shape = _classify(fill, ((pixels[:, 0] + 0.5).mean() - r0) / h)
+    low, high = CLEAN_FILL[shape]
+    return abs(h - w) <= CLEAN_ASPECT * max(h, w) and low <= fill <= high
 
 
 def _position_holds(found: list[ShapeObject], wanted: list[ShapeObject]) -> bool:

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from lightbagel.data import questions, shapes
+from lightbagel import shapes
+from lightbagel.shapes import questions
 
 
 def _index(scene: shapes.Scene, phrase: str) -> int:

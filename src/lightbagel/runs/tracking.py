@@ -11,7 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Optional
 
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 
 DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -82,7 +82,7 @@ def reopen(client, run_id: Optional[str]) -> Optional[str]:
 
 
 class RunLogger(BackgroundMLFlowLogger):
-    """The run's MLflow logger: metrics written off the training thread (training/mlflow_logger.py), and an
+    """The run's MLflow logger: metrics written off the training thread (runs/mlflow_logger.py), and an
     end status that says how a run stopped: Ctrl-C or SIGTERM is KILLED, not FAILED."""
 
     @property
@@ -100,7 +100,7 @@ def make_logger(recipe, out: Path, run_id: Optional[str], run_name: Optional[str
     """The run's logger: `run_id` continued when the store holds it, else a new run named `run_name`."""
     from mlflow import MlflowClient
 
-    from lightbagel.training.runs import is_rank_zero
+    from lightbagel.runs.folder import is_rank_zero
 
     cfg = recipe.config.trainer.mlflow
     if not cfg.enabled:
@@ -125,7 +125,7 @@ def make_logger(recipe, out: Path, run_id: Optional[str], run_name: Optional[str
 
 def training_run(model_dir: Path) -> Optional[tuple[str, str, str]]:
     """(tracking URI, experiment id, run id) of the run that trained an export, from its output folder."""
-    from lightbagel.training.runs import read_record
+    from lightbagel.runs.folder import read_record
 
     out = Path(model_dir).resolve().parent
     record = read_record(out)

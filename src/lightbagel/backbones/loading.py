@@ -3,12 +3,26 @@ matches the checkpoint it names."""
 
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
+
+TOWERS_PACKAGE = "lightbagel.towers"  # the shipped pretrained towers (src/lightbagel/towers/)
 
 
 def reads_checkpoint(cfg: Any) -> bool:
     """Whether a card loads a checkpoint (hub id or local directory) rather than building `config`."""
     return cfg.pretrained is not None and cfg.load_weights
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    """Where `from_pretrained` reads a card's `pretrained:` from: a local folder of that name wins,
+    then a tower shipped inside the package (found wherever lightbagel is installed), else it is
+    a hub id, passed on as written."""
+    if Path(pretrained).expanduser().exists():
+        return pretrained
+    shipped = files(TOWERS_PACKAGE) / pretrained
+    return str(shipped) if shipped.is_dir() else pretrained
 
 
 def check_card_config(card: dict, loaded: dict, where: str, prefix: str = "") -> None:
@@ -34,7 +48,7 @@ def _normal(value):
 def load_diffusers_model(model_cls, cfg: Any, dtype=None):
     """A diffusers model from a card (DiT or VAE): random from `config` (fp32; the precision plan
     casts it later, so fp32-kept tables are never rounded), or `from_pretrained` (safetensors
-    only) in `dtype` (precision.PrecisionPlan.read_dtype) with the card's shipped config checked
+    only) in `dtype` (precision.Precision.read_dtype) with the card's shipped config checked
     against the checkpoint's."""
     if not reads_checkpoint(cfg):
         return model_cls(**dict(cfg.config))
@@ -43,7 +57,7 @@ def load_diffusers_model(model_cls, cfg: Any, dtype=None):
         kwargs["revision"] = cfg.revision
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    model = model_cls.from_pretrained(cfg.pretrained, use_safetensors=True, **kwargs)
+    model = model_cls.from_pretrained(resolve_pretrained(cfg.pretrained), use_safetensors=True, **kwargs)
     where = f"card {getattr(cfg, 'card', None) or cfg.pretrained}"
     check_card_config(dict(cfg.config), dict(model.config), where)
     return model

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader
 
+from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
 from lightbagel.training.checkpointing import AtomicCheckpoint
-from lightbagel.training.mlflow_logger import BackgroundMLFlowLogger
 
 
 def _logger(tmp_path) -> BackgroundMLFlowLogger:

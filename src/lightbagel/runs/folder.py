@@ -43,11 +43,15 @@ def is_rank_zero() -> bool:
 
 
 def read_record(out: Path) -> Optional[dict]:
+    """The folder's record; None when it is missing or is not one (truncated, garbage, wrong types)."""
     try:
         record = json.loads((out / RECORD).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) else None
+    if not (isinstance(record, dict) and isinstance(record.get("recipe", {}), dict)
+            and isinstance(record.get("mlflow_run_id"), (str, type(None)))):
+        return None
+    return record
 
 
 def write_record(out: Path, recipe: dict, mlflow_run_id: Optional[str]) -> None:
@@ -65,19 +69,22 @@ def differing_keys(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys]
 
 
-def check_resume(out: Path, recipe: dict, has_checkpoint: bool) -> Optional[dict]:
-    """The record of the run to resume, None to start one; RunError when the recipe changed."""
-    record = read_record(out)
-    if record is None or not has_checkpoint:
+def check_resume(out: Path, recipe: dict, has_checkpoint: bool, trained: Optional[dict] = None) -> Optional[dict]:
+    """The record of the run to resume (empty without a readable run.json), None to start one;
+    RunError when the recipe changed. `trained`, the recipe the checkpoint carries (the one it was
+    trained with), is compared first: a folder whose run.json is missing or corrupt is still checked."""
+    if not has_checkpoint:
         return None
-    differ = differing_keys(record.get("recipe", {}), recipe)
+    record = read_record(out)
+    saved = trained if trained is not None else (record or {}).get("recipe", {})
+    differ = differing_keys(saved, recipe)
     if differ:
         shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in differ[:_SHOWN_KEYS])
         more = f" and {len(differ) - _SHOWN_KEYS} more" if len(differ) > _SHOWN_KEYS else ""
         raise RunError(f"{out} holds a run of another recipe ({shown}{more}); to start over add --fresh "
                        "(a new folder beside it, the old one kept) or give the run a new name=NAME "
                        "(or output_dir=DIR)")
-    return record
+    return record or {}
 
 
 def fresh_output_dir(out: Path) -> Path:
