@@ -3,7 +3,7 @@
     python benchmarks/tower_quality.py vae outputs/tiny_vae/export    # a VAE run's export
     python benchmarks/tower_quality.py vlm outputs/tiny_vlm/export    # a VLM run's export
     python benchmarks/tower_quality.py dit outputs/tiny_dit/export    # a DiT run's export
-    python benchmarks/tower_quality.py vae                            # the towers the default ships
+    python benchmarks/tower_quality.py vae                            # the shipped tower (vae, vlm)
 
 - vae: held-out scenes rendered, encoded and decoded by the codec; the fraction of decoded images
   that pass the exact scorer (data/shapes.py `score`, every check) against the scene, beside the
@@ -32,15 +32,25 @@ GOALS = {"vae": 0.98, "dit": 0.90, "vlm": 0.95}
 HELDOUT_SEED = "towers:heldout"  # a stream of its own: the shards draw from data.seed
 
 
-def load(export: str | None):
-    """(model, recipe) of an export, or of the default recipe (its shipped towers)."""
+# With no export, each tower as it ships (src/lightbagel/towers/), through the recipe that uses it.
+SHIPPED = {
+    "vae": ("recipes/pretrain/tiny_dit.yaml", []),
+    "vlm": ("recipes/tiny_vlm.yaml", ["understanding.pretrained=shapes_qwen2_5_vl", "understanding.tokenizer=null"]),
+}
+
+
+def load(tower: str, export: str | None):
+    """(model, recipe) of an export, or of the recipe that loads the shipped tower."""
     from lightbagel.model import build_model
     from lightbagel.model_folder import RECIPE, load_exported, resolved_recipe
     from lightbagel.recipe import load_recipe
 
     if export:
         return load_exported(export).eval(), resolved_recipe(Path(export) / RECIPE)
-    recipe = load_recipe(REPO / "recipes" / "tiny.yaml").config
+    if tower not in SHIPPED:
+        raise SystemExit(f"no shipped {tower} tower yet: pass an export (outputs/NAME/export)")
+    path, overrides = SHIPPED[tower]
+    recipe = load_recipe(REPO / path, overrides).config
     return build_model(recipe).eval(), recipe
 
 
@@ -87,7 +97,7 @@ def main(argv=None) -> None:
     p.add_argument("--per-kind", type=int, default=32, help="held-out questions per kind for the VLM (default: 32)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    (model, recipe), start = load(args.export), time.perf_counter()
+    (model, recipe), start = load(args.tower, args.export), time.perf_counter()
     if args.tower == "vae":
         value, ceiling = vae_pass_rate(model.gen.vae, args.n)
         print(f"vae: decoded held-out scenes passing the exact scorer {value:.3f} "

@@ -53,3 +53,14 @@ def test_edit_and_generate_keep_their_tasks_sampler_defaults(actions, monkeypatc
     assert (t2i.renorm, t2i.guidance_interval) == (TASK_DEFAULTS["t2i"]["renorm"],
                                                    TASK_DEFAULTS["t2i"]["guidance_interval"])
     assert (edit.steps, edit.text_guidance, edit.image_guidance) == (2, 3.0, 1.5)
+
+
+def test_the_api_names_each_parameter(actions):
+    """gradio names API parameters from the handler's signature: the wrapper must show the action's."""
+    from lightbagel.demo import build_demo
+
+    endpoints = build_demo(actions.pipe).get_api_info()["named_endpoints"]
+    names = {name: [p["parameter_name"] for p in ep["parameters"]] for name, ep in endpoints.items()}
+    assert names["/generate"] == ["prompt", "seed", "steps", "cfg_text"]
+    assert names["/edit"] == ["source", "instruction", "seed", "steps", "cfg_text", "cfg_image"]
+    assert names["/chat"] == ["image", "question", "max_new_tokens"]

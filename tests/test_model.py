@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightbagel.inputs import GenInputs, gen_inputs
+from tests.tolerance import across_kernels
 
 
 def _t2i_gen(batch: int, seed: int = 0) -> GenInputs:
@@ -40,7 +41,8 @@ def test_zero_init_dit_output_equals_standalone_dit(tiny_model, make_batch):
         for h in hooks:
             h.remove()
     mine = tiny_model.gen.unpatchify(out.velocity, 1, 8, 8)
-    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+    # Other kernels than diffusers' (a masked attention, per-token modulation): tests/tolerance.py.
+    torch.testing.assert_close(mine, ref, **across_kernels(mine.dtype))
 
 
 def _perturb_fusion(model, seed: int = 0) -> None:

@@ -79,6 +79,29 @@ def test_a_model_folder_cannot_turn_on_remote_code(export, tmp_path, capsys):
     assert marker.read_text() == "ran"
 
 
+@pytest.mark.parametrize("command", ["edit", "chat", "eval"])
+def test_no_command_lets_a_model_folder_turn_on_remote_code(export, tmp_path, capsys, command):
+    """Every command that reads a model folder refuses its remote code without the user's flag."""
+    from PIL import Image
+
+    from lightbagel.cli import eval as eval_cli
+    from lightbagel.cli.generate import chat_main, edit_main
+
+    evil, marker = _code_folder(tmp_path)
+    folder = _copy(export, tmp_path / "model", understanding__pretrained=str(evil),
+                   understanding__tokenizer=None, understanding__trust_remote_code=True)
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    argv = {"edit": ["make it green", "--image", str(image), "--model", str(folder), "--out", str(tmp_path / "e")],
+            "chat": ["what colour is it", "--image", str(image), "--model", str(folder)],
+            "eval": [str(folder), "--out", str(tmp_path / "eval"), "--mlflow-uri", "none"]}[command]
+    main = {"edit": edit_main, "chat": chat_main, "eval": eval_cli.main}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "understanding.trust_remote_code" in err and "--trust-remote-code" in err, err
+    assert not marker.exists()
+
+
 def test_a_checkpoint_recipe_cannot_turn_on_remote_code(tiny_recipe, tmp_path, capsys):
     from lightbagel.cli.export import main
 

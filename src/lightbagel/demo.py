@@ -7,11 +7,12 @@ progress bar through the sampler's tqdm loop.
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 from PIL import Image
 
-from lightbagel.data.images import to_rgb
+from lightbagel.data.images import enlarged, to_rgb
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.shapes import render
 from lightbagel.shapes.captions import scene_from_caption
@@ -21,11 +22,7 @@ SHOWN_SIZE = 256  # outputs are upscaled (nearest) so a 32 px tiny-model image i
 
 
 def _shown(image: Image.Image) -> Image.Image:
-    side = max(image.size)
-    if side >= SHOWN_SIZE:
-        return image
-    scale = SHOWN_SIZE // side
-    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    return enlarged(image, SHOWN_SIZE)
 
 
 class DemoActions:
@@ -82,12 +79,13 @@ def build_demo(pipe, title: str = "lightbagel"):
 
 
 def _sampling(gr, image_guidance: bool = False) -> list:
+    task = TASK_DEFAULTS["edit" if image_guidance else "t2i"]  # the sliders start at the task's defaults
     with gr.Row():
         controls = [gr.Number(value=0, precision=0, label="seed"),
-                    gr.Slider(1, 100, value=20, step=1, label="steps"),
-                    gr.Slider(1.0, 10.0, value=TASK_DEFAULTS["t2i"]["text_guidance"], step=0.5, label="text CFG")]
+                    gr.Slider(1, 100, value=task["steps"], step=1, label="steps"),
+                    gr.Slider(1.0, 10.0, value=task["text_guidance"], step=0.5, label="text CFG")]
         if image_guidance:
-            image_cfg = TASK_DEFAULTS["edit"]["image_guidance"]
+            image_cfg = task["image_guidance"]
             controls.append(gr.Slider(1.0, 5.0, value=image_cfg, step=0.1, label="image CFG"))
     return controls
 
@@ -130,13 +128,21 @@ def _scene_row(gr, actions: DemoActions, target, prefix: str) -> None:
 
 
 def _guarded(gr, action):
-    """The action with gradio's progress tracking, its ValueErrors shown as one-line gr.Error."""
+    """The action with gradio's progress tracking, its ValueErrors shown as one-line gr.Error.
 
-    def run(*args, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (gradio reads this default)
+    The wrapper shows gradio the action's own parameters (plus `progress`, which gradio fills in),
+    so the API page names them (`prompt`, `seed`, ...) instead of `param_0`."""
+    own = list(inspect.signature(action).parameters.values())
+
+    def run(*args):
         try:
-            return action(*args)
+            return action(*args[:len(own)])  # gradio passes the progress tracker after the inputs
         except ValueError as err:
             raise gr.Error(str(err)) from None
 
-    run.__name__ = action.__name__
+    tracker = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default=gr.Progress(track_tqdm=True))
+    run.__signature__ = inspect.Signature([*own, tracker])
+    run.__name__ = run.__qualname__ = action.__name__
+    run.__doc__ = action.__doc__
     return run

@@ -2,12 +2,18 @@
 
 The file holds every trainable weight plus every weight that no hub id or local directory can
 restore (random-initialised parts of tiny cards); `recipe.yaml` beside it rebuilds the model.
+
+In a run's output folder every fit writes its own `exports/step-NNNNNNNN/` (with `export.json`
+saying the step) and points `export` at the newest: a resume never rewrites an export that an
+eval or a user referred to, and nothing deletes one (retention is the user's: README.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,7 +31,8 @@ from lightbagel.recipe.schema import RecipeConfig
 log = logging.getLogger(__name__)
 
 WEIGHTS, RECIPE = "model.safetensors", "recipe.yaml"
-EXPORT = "export"  # a run's model folder, inside its output folder
+EXPORT = "export"  # a run's model folder (the newest export), inside its output folder
+EXPORTS, INFO = "exports", "export.json"  # one folder per fit's export; what an export is
 
 
 def random_init_prefixes(recipe: RecipeConfig) -> tuple[str, ...]:
@@ -55,10 +62,70 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() gives checkpoints (0644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def version_dir(out: Path, step: int) -> Path:
+    """Where the export a fit of output folder `out` writes at `step` lives."""
+    return Path(out) / EXPORTS / f"step-{step:08d}"
+
+
+def write_info(model_dir: Path, **info) -> None:
+    atomic_write(Path(model_dir) / INFO, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
+
+
+def export_info(model_dir: Path) -> dict:
+    """What `export.json` says of an export (its step, its MLflow run); {} for an export without one."""
+    try:
+        return json.loads((Path(model_dir) / INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def understanding_trained(model_dir: Path, recipe: RecipeConfig) -> bool:
+    """Whether the export's VLM was ever trained: its fit's word (export.json), else its recipe's
+    (an exported recipe no longer names the init_from or LoRA that trained it)."""
+    said = export_info(model_dir).get("understanding_trained")
+    return said if isinstance(said, bool) else not recipe.understanding_is_random()
+
+
+def run_folder(model_dir: Path) -> Path:
+    """The output folder an export belongs to: OUT for OUT/export and OUT/exports/step-N alike."""
+    real = Path(model_dir).resolve()
+    return real.parent.parent if real.parent.name == EXPORTS else real.parent
+
+
+def point_export(out: Path, version: Path) -> Path:
+    """Makes `out/export` name `version` (a relative symlink, swapped atomically). A real folder
+    there (a copied run, an older layout) is moved into `exports/`, never deleted."""
+    link = Path(out) / EXPORT
+    if link.is_dir() and not link.is_symlink():
+        step = export_info(link).get("step")
+        keep = Path(out) / EXPORTS / (f"step-{step:08d}" if isinstance(step, int) else "previous")
+        n = 2
+        while keep.exists():
+            keep, n = keep.with_name(f"{keep.name.split('-copy')[0]}-copy{n}"), n + 1
+        link.rename(keep)
+    tmp = link.with_name(f".{EXPORT}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    try:
+        os.symlink(os.path.relpath(version, link.parent), tmp, target_is_directory=True)
+    except OSError:  # no symlinks here (some Windows setups): a copy of the newest instead
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(version, tmp)
+    os.replace(tmp, link)
+    return link
 
 
 def export_model(model: LightBagel, recipe: RecipeConfig, recipe_yaml: str, out_dir: Path) -> Path:

@@ -5,16 +5,20 @@ the 7B / 5B cards use (a card whose `pretrained` is a local directory)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
 from PIL import Image
 
+from lightbagel.model import build_model
+from lightbagel.recipe import load_recipe
 from lightbagel.recipe.schema import GenerationConfig, VAEConfig
 from lightbagel.registry import GENERATION, UNDERSTANDING
 
 # A Wan2.2-style VAE (residual, 2x2 patchified RGB) small enough for a test.
+TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 TINY_WAN22_VAE = {
     "base_dim": 8, "decoder_base_dim": 8, "z_dim": 8, "dim_mult": [1, 2, 2], "num_res_blocks": 1,
     "attn_scales": [], "temperal_downsample": [False, True], "dropout": 0.0, "is_residual": True,
@@ -105,6 +109,27 @@ def test_wan_diffusers_layout_loads_through_the_card_path(wan_repo):
         want = vae.encode(images.unsqueeze(2)).latent_dist.mode()[:, :, 0]
         got = adapter.vae.encode(images) * adapter.vae.std + adapter.vae.mean  # undo the normalisation
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_bf16_mixed_reads_trainable_weights_in_fp32_and_frozen_ones_in_bf16(tmp_path, freeze):
+    """precision.PrecisionPlan.read_dtype through `build_model`: trainable weights arrive as fp32
+    masters bit for bit (a bf16 read would round them before training starts), frozen ones in bf16."""
+    from diffusers import WanTransformer3DModel
+
+    recipe = load_recipe(TINY, ["generation=tiny_wan2_1", "trainer.precision=bf16-mixed"]).config
+    torch.manual_seed(0)
+    saved = WanTransformer3DModel(**recipe.generation.config)
+    saved.save_pretrained(tmp_path, safe_serialization=True)
+    model = build_model(replace(recipe, generation=replace(recipe.generation, pretrained=str(tmp_path), freeze=freeze)))
+    read = model.gen.dit.state_dict()
+    weight = "blocks.0.ffn.net.2.weight"  # a block layer, on no fp32 list
+    if freeze:
+        assert read[weight].dtype == torch.bfloat16
+        assert torch.equal(read[weight], saved.state_dict()[weight].bfloat16())
+    else:
+        for name, tensor in saved.state_dict().items():
+            assert torch.equal(read[name], tensor), name
 
 
 def test_wan_card_config_must_match_the_checkpoint(wan_repo):

@@ -78,10 +78,34 @@ def test_report_of_a_perfect_and_an_empty_generator():
     assert set(good.metrics("val/")) == {f"val/{c}" for c in [*CATEGORIES, EDIT, "overall"]}
 
 
+class _Recording:
+    """The real pipeline, remembering which prompt, source and seed made each image it returned."""
+
+    def __init__(self, pipe):
+        self.pipe, self.image_size, self.made = pipe, pipe.image_size, {}
+
+    def __call__(self, prompts, images=None, config=None, seed=0):
+        out = self.pipe(prompts, images=images, config=config, seed=seed)
+        for prompt, source, s, image in zip(prompts, images, seed, out.images):
+            self.made[id(image)] = (prompt, None if source is None else source.tobytes(), s)
+        return out
+
+
 def test_with_the_tiny_model_every_image_is_scored(tiny_pipe, tmp_path):
+    """Each item is scored on the image generated for its own prompt (and source), with its own seed,
+    and each category's score is the share of its items that pass."""
     from lightbagel.inference import SamplerConfig
 
-    report = evaluate_synthetic(tiny_pipe, per_category=1, config=SamplerConfig(steps=1, shift=1.0), progress=False)
-    assert sum(report.counts.values()) == 7 and all(0.0 <= v <= 1.0 for v in report.accuracy.values())
+    pipe = _Recording(tiny_pipe)
+    report = evaluate_synthetic(pipe, per_category=1, config=SamplerConfig(steps=1, shift=1.0), batch_size=3,
+                                image_seed=10, progress=False)
+    items = synthetic_items(1)
+    assert [item.prompt for item, _ in report.images] == [item.prompt for item in items]
+    for k, (item, image) in enumerate(report.images):
+        source = None if item.source is None else shapes.render(item.source, 32).tobytes()
+        assert pipe.made[id(image)] == (item.prompt, source, 10 + k)
+    for category, score in report.accuracy.items():
+        wins = [passed(item, image) for item, image in report.images if item.category == category]
+        assert report.counts[category] == len(wins) == 1 and score == sum(wins) / len(wins)
     report.save_images(tmp_path)
     assert (tmp_path / "edit" / "0000.png").is_file() and (tmp_path / "edit" / "0000.txt").is_file()

@@ -14,12 +14,13 @@ class _Answerer:
 
     image_size = 32
 
-    def __init__(self, items, fixed: str | None = None):
+    def __init__(self, items, fixed: str | None = None, then: str = ""):
         self.table = {(it.question.question, shapes.render(it.scene, 32).tobytes()): it.question.answer for it in items}
-        self.fixed = fixed
+        self.fixed, self.then = fixed, then
 
     def understand(self, question, images, max_new_tokens=16):
-        return self.fixed if self.fixed is not None else self.table[(question, images[0].tobytes())]
+        right = self.table[(question, images[0].tobytes())] + self.then
+        return self.fixed if self.fixed is not None else right
 
 
 def test_items_are_fixed_and_cover_every_kind():
@@ -38,3 +39,10 @@ def test_right_answers_score_one_and_a_fixed_answer_scores_its_share():
     share = sum(it.question.answer == "two" for it in items if it.question.kind == "count") / 4
     assert always_two.accuracy["count"] == share and always_two.accuracy["color"] == 0.0
     assert "| overall | 1.000 | 24 |" in right.to_markdown()
+
+
+def test_a_right_answer_with_more_words_scores_zero():
+    """Exact match, not containment: "red circle" is not the answer "red"."""
+    items = vqa_items(2, seed=0)
+    wordy = evaluate_vqa(_Answerer(items, then=" circle"), per_kind=2, progress=False)
+    assert wordy.overall == 0.0

@@ -64,6 +64,28 @@ def test_block_mask_equals_dense_rule_on_random_layouts(seed, packed):
         assert torch.equal(_what_flex_computes(mask), mask.dense()[:, 0])
 
 
+def _joint_row(seed: int, samples: int = 4) -> OrderMask:
+    """A packed joint row as `PackedInputs.masks` builds it: every sample's prompt (text orders
+    counting up), then every sample's image tokens (one order), so sample ids do not ascend along
+    the row: a key tile can hold the end of one prompt and the start of the next."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [int(torch.randint(60, 300, (1,), generator=g)) for _ in range(samples)]
+    images = [int(torch.randint(100, 300, (1,), generator=g)) for _ in range(samples)]
+    order = torch.cat([torch.arange(n) for n in prompts] + [torch.full((n,), TARGET_ORDER) for n in images])
+    sample = torch.cat([torch.full((n,), i) for part in (prompts, images) for i, n in enumerate(part)])
+    return OrderMask.square(order[None], torch.ones(1, len(order), dtype=torch.bool), sample=sample[None])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_block_mask_equals_dense_rule_on_a_packed_joint_row(seed):
+    """A full tile must hold one sample on the key side too: else one sample's target sees the next
+    prompt wherever compiled flex (CUDA) skips the mask_mod on full tiles."""
+    square = _joint_row(seed)
+    start = int(square.k_order.shape[1] // 2)
+    for mask in (square, square.rows(start), square.corner(start // 2)):
+        assert torch.equal(_what_flex_computes(mask), mask.dense()[:, 0])
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_random_layouts_have_full_partial_and_empty_tiles(packed):
     """Guards the test above: a rule without full or empty tiles would not test the tile classes."""

@@ -32,7 +32,9 @@ def test_generate_writes_pngs_and_settings(export, tmp_path):
     rc = generate_main(["a red circle", "two blue squares", "--model", str(export), "--out", str(out),
                         "--num-images", "2", "--seed", "5", "--batch-size", "3", *FAST])
     assert rc == 0
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
+    assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:05d}.png" for i in range(4)]
+    with Image.open(out / "preview.png") as preview:  # the 32 px images side by side, enlarged to be seen
+        assert preview.size == (4 * 256, 256)
     settings = json.loads((out / "settings.json").read_text())
     assert [r["seed"] for r in settings["images"]] == [5, 6, 7, 8]
     assert settings["sampler"]["t2i"]["steps"] == 2 and settings["sampler"]["t2i"]["use_cache"] is True
@@ -49,12 +51,14 @@ def test_edit_takes_one_or_more_sources(export, tmp_path):
     assert settings["images"][0]["num_sources"] == 2 and settings["sampler"]["edit"]["use_cache"] is False
 
 
-def test_chat_answers_and_bad_model_dir_is_one_line(export, tmp_path, capsys):
+def test_chat_answers_and_bad_model_dir_is_one_line(export, tmp_path, capsys, caplog):
     src = tmp_path / "src.png"
     Image.new("RGB", (32, 32), (230, 230, 230)).save(src)
-    assert chat_main(["how many objects are there", "--image", str(src), "--model", str(export),
+    assert chat_main(["how many objects are there", "what color is it", "--image", str(src), "--model", str(export),
                       "--max-new-tokens", "2"]) == 0
     assert "Q: how many objects are there\nA:" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if "never trained" in r.getMessage()]
+    assert len(warned) == 1 and "tiny_qwen2_5_vl" in warned[0]  # the tiny VLM is random: said once
     assert generate_main(["a red circle", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightbagel-generate:") and "recipe.yaml" in err and "\n" not in err

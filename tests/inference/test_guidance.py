@@ -53,11 +53,34 @@ def test_renorm_equals_bagels_formula(mode, renorm_min):
     for b in range(2):
         ref = _bagel(*(_packed(v[k, b:b + 1]) for k in range(3)), 4.0, 2.0, mode, renorm_min)
         torch.testing.assert_close(_packed(ours[b:b + 1]), ref)
-    assert not torch.allclose(ours, guide(v, SamplerConfig(4.0, renorm=None), True, True,
-                                          torch.full((2,), 2.0), PATCH))
+    plain = SamplerConfig(text_guidance=4.0, image_guidance=2.0, renorm=None)  # keywords: steps comes first
+    assert not torch.allclose(ours, guide(v, plain, True, True, torch.full((2,), 2.0), PATCH))
 
 
 def test_task_defaults_are_valid_and_differ_where_bagel_does():
     t2i, edit = (SamplerConfig(**TASK_DEFAULTS[k]) for k in ("t2i", "edit"))
     assert (t2i.renorm, edit.renorm) == ("global", "text_channel")
     assert (t2i.guidance_interval, edit.guidance_interval) == ((0.4, 1.0), (0.0, 1.0))
+    # BAGEL's app.py: cfg_text_scale 4.0 for both tasks, cfg_img_scale 2.0 for editing (1.0: no image guidance).
+    assert (t2i.text_guidance, t2i.image_guidance) == (4.0, 1.0)
+    assert (edit.text_guidance, edit.image_guidance) == (4.0, 2.0)
+
+
+@pytest.mark.parametrize("mode", ["global", "channel", "text_channel"])
+def test_renorm_never_scales_a_guided_velocity_up(mode):
+    """The ratio is clamped at 1: a guided velocity already smaller than the conditional one stays."""
+    cond = torch.ones(1, 4, 4, 4)
+    v = torch.stack([cond, 1.1 * cond])  # (cond, no text): text guidance 4 gives 0.7 * cond
+    cfg = SamplerConfig(text_guidance=4.0, image_guidance=1.0, renorm=mode)
+    torch.testing.assert_close(guide(v, cfg, True, False, torch.ones(1), PATCH), 0.7 * cond)
+
+
+def test_image_guidance_alone_is_bagels_image_step():
+    """Text guidance off (1.0), image guidance on: cfg_img_v_t + scale * (v_t - cfg_img_v_t)."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, 2, 6, 8, 10, generator=g)  # (cond, no image)
+    cfg = SamplerConfig(text_guidance=1.0, image_guidance=2.0, renorm=None)
+    scale = torch.tensor([2.0, 1.0])  # the second sample has no source image
+    ours = guide(v, cfg, False, True, scale, PATCH)
+    torch.testing.assert_close(ours[0], v[1, 0] + 2.0 * (v[0, 0] - v[1, 0]))
+    torch.testing.assert_close(ours[1], v[0, 1])

@@ -76,6 +76,20 @@ def test_cached_sampling_gives_the_same_image(tiny_recipe, make_batch, writeback
     torch.testing.assert_close(images[0], images[1], rtol=1e-4, atol=1e-4)
 
 
+def test_after_the_first_step_only_the_target_slot_runs(tiny_recipe, make_batch):
+    """Edits with image guidance: every CFG branch's cache keeps the clean source K/V, so each later
+    step computes the target's tokens alone (half the tokens of one source + target)."""
+    model = _model(tiny_recipe)
+    batch = make_batch(model)
+    cond = _conditioning(model, batch)
+    tokens = []
+    model.gen.dit.proj_out.register_forward_hook(lambda m, args, out: tokens.append(out.shape[1]))
+    cfg = SamplerConfig(steps=4, text_guidance=4.0, image_guidance=2.0, guidance_interval=(0.0, 1.0))
+    sample(model, cond, (len(batch), 48, 8, 8), cfg, [0, 1, 2, 3])
+    n_target = model.gen.tokens_per_slot(8, 8)
+    assert tokens == [2 * n_target] + [n_target] * 3
+
+
 def test_single_source_slots_match_training_layout(tiny_model, make_batch):
     batch = make_batch(tiny_model)
     src = tiny_model.gen.vae.encode(batch.source)

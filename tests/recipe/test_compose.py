@@ -82,7 +82,7 @@ def test_merge_order_defaults_card_recipe_cli(tree: Path) -> None:
     trainer = recipe.config.trainer
     assert trainer.max_steps == 30  # card 10 <- recipe 20 <- command line 30
     assert trainer.log_every_n_steps == 5  # card
-    assert trainer.sample_steps == 20  # schema default
+    assert trainer.sample_steps is None  # schema default: the sampler's per-task one
     assert trainer.card == "t"
     assert recipe.config.objective.timestep_shift == 2.0 and recipe.config.optim.lr == 0.5
     assert recipe.config.understanding.config == {"hidden": 8, "layers": 2}
@@ -320,7 +320,7 @@ def test_flat_params_and_yaml(tree: Path) -> None:
     recipe = load_recipe(tree / "recipes/base.yaml", [f"understanding.config.note={long}"])
     params = recipe.flat_params()
     assert params["trainer.max_steps"] == "20"
-    assert params["trainer.mlflow.experiment"] == "lightbagel"
+    assert params["trainer.mlflow.experiment"] == "None"  # the recipe family
     assert params["understanding.config.hidden"] == "8"
     assert params["output_dir"] == "out/base"
     assert len(params["understanding.config.note"]) == 500

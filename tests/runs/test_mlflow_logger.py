@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import lightning as L
 import pytest
@@ -18,17 +18,29 @@ def _logger(tmp_path) -> BackgroundMLFlowLogger:
     return BackgroundMLFlowLogger(experiment_name="t", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+HANG_GUARD_S = 60  # only so that a regression fails instead of hanging; no verdict waits on time
+
+
+class _HeldWrites:
+    """MLflow writes recorded as (step, on the training thread); off that thread each waits until
+    `release` is set, so a write that happens before it can only have happened on the training thread."""
+
+    def __init__(self):
+        self.written: list[tuple[int, bool]] = []
+        self.release = threading.Event()
+
+    def write(self, logger, metrics, step=None) -> None:
+        on_training_thread = threading.current_thread() is threading.main_thread()
+        if not on_training_thread:
+            self.release.wait(HANG_GUARD_S)
+        self.written.append((step, on_training_thread))
+
+
 @pytest.fixture
-def slow_writes(monkeypatch) -> list:
-    """MLflow writes that take 20 ms each; the steps written, in order."""
-    written = []
-
-    def slow_write(self, metrics, step=None):
-        time.sleep(0.02)
-        written.append(step)
-
-    monkeypatch.setattr(MLFlowLogger, "log_metrics", slow_write)
-    return written
+def held_writes(monkeypatch) -> _HeldWrites:
+    held = _HeldWrites()
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", lambda self, metrics, step=None: held.write(self, metrics, step))
+    return held
 
 
 def test_every_value_is_in_the_store_after_finalize(tmp_path):
@@ -41,13 +53,25 @@ def test_every_value_is_in_the_store_after_finalize(tmp_path):
     assert len(logger.experiment.get_metric_history(logger.run_id, "lr")) == 30
 
 
-def test_finalize_waits_for_slow_writes(tmp_path, slow_writes):
+def test_finalize_waits_for_the_writes(tmp_path, held_writes):
     logger = _logger(tmp_path)
     for step in range(10):
         logger.log_metrics({"loss": 0.5}, step=step)
-    assert len(slow_writes) < 10  # the training thread did not wait for the writes...
+    assert held_writes.written == []  # the training thread did not write...
+    held_writes.release.set()
     logger.finalize("success")
-    assert slow_writes == list(range(10))  # ...and the run's end did, in order
+    assert held_writes.written == [(s, False) for s in range(10)]  # ...and the run's end waited, in order
+
+
+def test_after_finalize_a_value_is_written_before_log_metrics_returns(tmp_path, held_writes):
+    """What a finished run still logs (the final export's, an eval's) is never left in a queue
+    that no one flushes any more."""
+    logger = _logger(tmp_path)
+    logger.log_metrics({"loss": 0.5}, step=0)
+    held_writes.release.set()
+    logger.finalize("success")
+    logger.log_metrics({"export/seconds": 1.0}, step=1)
+    assert held_writes.written == [(0, False), (1, True)]
 
 
 def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
@@ -61,24 +85,38 @@ def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
         logger.flush()
 
 
-def test_save_does_not_wait_for_the_writes(tmp_path, slow_writes):
+def test_save_does_not_wait_for_the_writes(tmp_path, held_writes):
     """Lightning calls `save` after every `log_metrics`: waiting there would put every write back
     on the training thread."""
     logger = _logger(tmp_path)
     for step in range(10):
         logger.log_metrics({"loss": 0.5}, step=step)
         logger.save()
-    assert len(slow_writes) < 10
+    assert held_writes.written == []  # save returned while every write was still held
+    held_writes.release.set()
     logger.finalize("success")
-    assert slow_writes == list(range(10))
+    assert held_writes.written == [(s, False) for s in range(10)]
 
 
 class _CountedLogger(BackgroundMLFlowLogger):
+    """Counts what was queued; held writes go through only while someone waits for them (`flush`,
+    `finalize`), so a value is written by a checkpoint only if the checkpoint waited for it."""
+
     queued = 0
+    held: _HeldWrites
 
     def log_metrics(self, metrics, step=None) -> None:
         self.queued += 1
         super().log_metrics(metrics, step)
+
+    def flush(self) -> None:
+        self.held.release.set()
+        super().flush()
+        self.held.release.clear()
+
+    def finalize(self, status: str = "success") -> None:
+        self.held.release.set()
+        super().finalize(status)
 
 
 class _StoreAtCheckpoint(L.Callback):
@@ -106,11 +144,12 @@ class _Line(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_a_checkpoint_waits_until_every_metric_before_it_is_written(tmp_path, slow_writes):
+def test_a_checkpoint_waits_until_every_metric_before_it_is_written(tmp_path, held_writes):
     """A run resumed from a checkpoint does not log the steps before it again: they are in the
     store by the time the checkpoint exists, even though writes happen off the training thread."""
     logger = _CountedLogger(experiment_name="t", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    probe = _StoreAtCheckpoint(slow_writes, every=4)
+    logger.held = held_writes
+    probe = _StoreAtCheckpoint(held_writes.written, every=4)
     trainer = L.Trainer(accelerator="cpu", max_steps=12, log_every_n_steps=1, logger=logger, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
                         callbacks=[AtomicCheckpoint(tmp_path / "ckpt", every_n_steps=4), probe])

@@ -237,6 +237,14 @@ def test_score_catches_wrong_images():
     assert not any(result.values())
 
 
+def test_an_extra_object_fails_the_count():
+    """GenEval counts exactly: two red circles asked, three drawn, is a miss."""
+    two = pair(("circle", "red", 0.25, 0.3), ("circle", "red", 0.75, 0.3))
+    three = Scene([*two.objects, ShapeObject("circle", "red", 0.5, 0.75, 0.3)])
+    assert score(render(two, 64), two)["count"]
+    assert not score(render(three, 64), two)["count"]
+
+
 def test_clean_objects_passes_renders_and_fails_fragments_noise_and_smears():
     rng = random.Random(11)
     scenes = [shapes.sample_scene(rng) for _ in range(200)]

@@ -111,6 +111,29 @@ def test_the_fp32_list_is_fp32_with_the_values_of_an_fp32_build(runs):
         assert torch.equal(after[name], state[name]), name  # never rounded through bf16
 
 
+def test_pure_bf16_still_keeps_the_fp32_list_fp32(runs):
+    """bf16-true reaches Lightning as autocast: its own bf16-true would `module.to(bf16)` the list."""
+    probe = runs["pure_bf16"]
+    assert probe.params["fusion.0.gen.to_q.weight"] == torch.bfloat16  # the rest is bf16
+    for name in KEPT_BUFFERS:
+        assert probe.buffers[name] == torch.float32, name
+    for name in KEPT_PARAMS:
+        assert probe.params[name] == torch.float32, name
+
+
+def test_apply_precision_recasts_the_fp32_list_of_a_bf16_model():
+    """A model cast whole to bf16 (an export read in bf16) gets its fp32 buffers and tables back."""
+    cfg = recipe()
+    model = build_model(cfg).to(torch.bfloat16)
+    apply_precision(model, inference_plan(cfg, torch.bfloat16))
+    buffers, params = dict(model.named_buffers()), dict(model.named_parameters())
+    for name in KEPT_BUFFERS:
+        assert buffers[name].dtype == torch.float32, name
+    for name in KEPT_PARAMS:
+        assert params[name].dtype == torch.float32, name
+    assert params["fusion.0.gen.to_q.weight"].dtype == torch.bfloat16
+
+
 def test_compute_runs_bf16_but_the_time_path_and_vae_fp32(runs):
     seen = runs["gpu"].seen
     assert seen["fusion.0.gen.to_q:output"] == seen["gen.dit.blocks.0.ffn:output"] == torch.bfloat16

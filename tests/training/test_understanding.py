@@ -33,6 +33,9 @@ def test_answer_loss_reads_answer_tokens_only():
     answer = ids.clone()
     answer[0, 4] = (ids[0, 4] + 1) % 11
     assert not torch.equal(answer_loss(logits, answer, mask), loss)
+    # Which logit predicts which token: position j - 1 predicts answer token j, nothing else.
+    by_hand = torch.stack([-logits[b, j - 1].log_softmax(-1)[ids[b, j]] for b, j in mask.nonzero().tolist()])
+    torch.testing.assert_close(loss, by_hand.mean())
 
 
 def test_objective_decides_which_tasks_train():

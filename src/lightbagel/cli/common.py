@@ -34,11 +34,42 @@ def with_overrides(name: str, overrides: Sequence[str]) -> str:
     return " ".join([name, *shown])[:250]
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default after its help, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if shown or not (action.option_strings or action.nargs in ("?", "*")):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line that points at --help."""
+    """An argument parser whose errors are one line that points at --help; every command has
+    `--version`, and its `--help` shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+        from lightbagel import __version__
+
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                          help="print the version and exit")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """The thread policy's flag (lightbagel/threads.py), the same on every command."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: $OMP_NUM_THREADS, else the model recipe's "
+                             "trainer.num_threads, else one per core)")
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda, cuda:1, mps)")
 
 
 def positive_int(text: str) -> int:

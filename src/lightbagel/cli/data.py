@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightbagel.cli.common import Parser, at_boundary, positive_int
+from lightbagel.cli.common import Parser, add_threads_flag, at_boundary, positive_int
 from lightbagel.recipe import load_recipe
 
 
@@ -20,16 +20,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = Parser(prog="lightbagel-data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     images = sub.add_parser("images", help="a folder of images with IMAGE.txt captions -> t2i shards")
-    images.add_argument("folder", type=Path)
-    images.add_argument("out", type=Path)
+    images.add_argument("folder", type=Path, help="folder of images, each with IMAGE.txt beside it")
+    images.add_argument("out", type=Path, help="folder the shards are written to")
     edits = sub.add_parser("edits", help="a JSONL of edit triples -> edit shards")
-    edits.add_argument("jsonl", type=Path)
-    edits.add_argument("out", type=Path)
+    edits.add_argument("jsonl", type=Path, help='lines of {"source", "instruction", "target"}')
+    edits.add_argument("out", type=Path, help="folder the shards are written to")
     for p in (images, edits):
         p.add_argument("--per-shard", type=positive_int, default=1000, help="samples per shard (default 1000)")
         p.add_argument("--prefix", default=None, help="shard name prefix (default: t2i or edit)")
     inspect = sub.add_parser("inspect", help="counts per source, a sample grid, token lengths")
-    inspect.add_argument("recipe", type=Path)
+    inspect.add_argument("recipe", type=Path, help="recipe YAML")
     inspect.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides")
     inspect.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
     inspect.add_argument("--vae-multiple", type=positive_int, default=None,
@@ -37,7 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     render = sub.add_parser("render", help="draw a shapes-world caption as a PNG (an input for edit and chat)")
     render.add_argument("caption", help='e.g. "a red circle left of a blue square"')
     render.add_argument("out", type=Path, help="PNG to write")
-    render.add_argument("--size", type=positive_int, default=256, help="square side in pixels (default 256)")
+    render.add_argument("--size", type=positive_int, default=256, help="square side in pixels")
+    for p in (images, edits, inspect, render):
+        add_threads_flag(p)
     return parser.parse_args(argv)
 
 
@@ -48,7 +50,7 @@ def render(args) -> int:
     image = draw(scene_from_caption(args.caption), args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
-    print(f"wrote {args.out} ({args.size}x{args.size})")
+    print(f"wrote {args.out.resolve()} ({args.size}x{args.size})")
     return 0
 
 
@@ -111,7 +113,10 @@ COMMANDS = {"images": convert, "edits": convert, "inspect": inspect, "render": r
 
 
 def main(argv=None) -> int:
+    from lightbagel.threads import apply_threads
+
     args = parse_args(argv)
+    apply_threads(args.threads)
     return at_boundary("lightbagel-data", lambda: COMMANDS[args.command](args))
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightbagel.cli.common import CliError, Parser, add_trust_flag, at_boundary
+from lightbagel.cli.common import CliError, Parser, add_threads_flag, add_trust_flag, at_boundary
 from lightbagel.training.towers import PARTS
 
 PROG = "lightbagel-export"
@@ -28,11 +28,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tower", choices=PARTS, default=None,
                         help="write this tower of an export as a from_pretrained folder (default: off)")
     add_trust_flag(parser)
+    add_threads_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    from lightbagel.threads import apply_threads
+
     args = parse_args(argv)
+    apply_threads(args.threads)
     if args.tower:
         return at_boundary(PROG, lambda: export_tower(Path(args.checkpoint), args.tower, Path(args.out_dir),
                                                       args.trust_remote_code))
@@ -60,9 +64,12 @@ def export(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> int:
         ckpt = newest
     if not ckpt.exists():
         raise CliError(f"{ckpt} not found; pass outputs/NAME/checkpoints/step-*.ckpt")
+    from lightbagel.model_folder import write_info
     from lightbagel.training.checkpoint_export import export_checkpoint
 
     print(f"model: {export_checkpoint(ckpt, out_dir, trust_remote_code=trust_remote_code)}")
+    if ckpt.name.startswith("step-") and ckpt.name[5:13].isdigit():  # the export knows its step
+        write_info(out_dir, step=int(ckpt.name[5:13]), checkpoint=str(ckpt.resolve()))
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import sys
 
-from lightbagel.cli.common import Parser, at_boundary, positive_int, recipe_or_none, with_overrides
+from lightbagel.cli.common import Parser, add_threads_flag, at_boundary, positive_int, recipe_or_none, with_overrides
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-sample", type=positive_int, default=None, metavar="BATCHES",
                         help="also count this many batches of the recipe's data pipeline: real-token fraction, "
                              "padded vs packed, and how full the token budget is (reads data.root / data.sources)")
+    add_threads_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -37,6 +38,9 @@ def main(argv=None) -> int:
     if recipe is None:
         return 2
     cfg = recipe.config
+    from lightbagel.threads import apply_threads
+
+    apply_threads(args.threads, cfg.trainer.num_threads)
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     from lightbagel.planning import format_plan, make_plan  # heavy imports only once the recipe is valid
 

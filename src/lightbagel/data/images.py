@@ -45,3 +45,13 @@ def _grey(values: np.ndarray, full_scale: float, mode: str) -> Image.Image:
 
 def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def enlarged(image: Image.Image, side: int) -> Image.Image:
+    """`image` scaled up by a whole factor (nearest: the pixels stay sharp) to at least `side`
+    pixels on its long side, so a 32 px tiny-model image can be seen; a large one is left alone."""
+    longest = max(image.size)
+    if longest >= side:
+        return image
+    scale = -(-side // longest)
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)

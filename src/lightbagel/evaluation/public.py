@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from lightbagel.data.images import to_rgb
+from lightbagel.progress import track
 
 
 @dataclass
@@ -41,7 +41,8 @@ def run_jobs(pipe, jobs: list[Job], config=None, batch_size: int = 8, seed: int 
     """Generates every job's samples in batches; image n of the run uses seed + n."""
     flat = [(job, k) for job in jobs for k in range(len(job.outputs))]
     made: dict[int, list[Image.Image]] = {}
-    for start in tqdm(range(0, len(flat), batch_size), desc=desc, unit="batch", disable=None):
+    starts = range(0, len(flat), batch_size)
+    for start in track(starts, len(starts), f"{desc} batch"):
         chunk = flat[start:start + batch_size]
         out = pipe([j.prompt for j, _ in chunk], images=[list(j.sources) for j, _ in chunk], config=config,
                    seed=[seed + start + i for i in range(len(chunk))], height=size, width=size)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from lightbagel import shapes
+from lightbagel.progress import track
 from lightbagel.shapes import Scene
 
 # Category -> (scene maker, the checks of shapes.score that must all hold).
@@ -137,7 +137,8 @@ def evaluate_synthetic(pipe, per_category: int = 16, seed: int = 0, config=None,
     items = synthetic_items(per_category, seed)
     size = pipe.image_size
     results: list[tuple[EvalItem, Image.Image]] = []
-    for start in tqdm(range(0, len(items), batch_size), desc="synthetic eval", disable=not progress):
+    starts = range(0, len(items), batch_size)
+    for start in track(starts, len(starts), "synthetic eval batch", enabled=progress):
         chunk = items[start:start + batch_size]
         sources = [shapes.render(it.source, size) if it.source is not None else None for it in chunk]
         out = pipe([it.prompt for it in chunk], images=sources, config=config,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from lightbagel import shapes
+from lightbagel.progress import track
 from lightbagel.shapes import questions
 from lightbagel.shapes.questions import Question
 
@@ -59,7 +58,8 @@ def vqa_items(per_kind: int, seed: int = 0) -> list[VQAItem]:
 def evaluate_vqa(pipe, per_kind: int = 32, seed: int = 0, progress: bool = True) -> VQAReport:
     """Asks `pipe` (a LightBagelPipeline) every question with its rendered scene."""
     answers = []
-    for item in tqdm(vqa_items(per_kind, seed), desc="vqa eval", disable=not progress):
+    items = vqa_items(per_kind, seed)
+    for item in track(items, len(items), "vqa question", enabled=progress):
         image = shapes.render(item.scene, pipe.image_size)
         answers.append((item, pipe.understand(item.question.question, [image], max_new_tokens=16)))
     wins: dict[str, list[bool]] = {}

@@ -27,7 +27,9 @@ def order_block_mask(mask) -> BlockMask:
     all_valid = _tiles(_pad(mask.k_valid, False)).all(-1)
     full = all_valid[:, None, :] & (k_max[:, None, :] <= q_min[:, :, None])
     some = k_min[:, None, :] <= q_max[:, :, None]
-    if mask.q_sample is not None:  # samples ascend along a packed row, so ranges decide overlap
+    if mask.q_sample is not None:
+        # A joint packed row is [every prompt; every image], so samples do not ascend along it: a
+        # full tile must hold one sample on both sides; overlapping ranges may share one (partial).
         (qs_min, qs_max), (ks_min, ks_max) = _tile_range(mask.q_sample, None), _tile_range(mask.k_sample, None)
         one_q, one_k = (qs_min == qs_max)[:, :, None], (ks_min == ks_max)[:, None, :]
         full &= one_q & one_k & (qs_min[:, :, None] == ks_min[:, None, :])

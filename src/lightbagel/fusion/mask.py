@@ -25,7 +25,7 @@ import torch.nn.functional as F
 class OrderMask:
     """Query q sees key k iff (k_valid[k] and k_order[k] <= q_order[q] and both belong to one sample)
     or k == q + offset. `q_sample` / `k_sample` number the samples packed into one sequence
-    (ascending); without them the whole row is one sample."""
+    (in any order along the row); without them the whole row is one sample."""
 
     q_order: torch.Tensor  # (B, Lq)
     k_order: torch.Tensor  # (B, Lk)

@@ -14,10 +14,14 @@ import torch
 # "text_channel": per patch token, after text guidance only (BAGEL's editing default).
 RENORM = (None, "global", "channel", "text_channel")
 
-# BAGEL's published settings (its app.py; the ImgEdit runner uses the same edit values).
+# The sampler's defaults per task, held here once: the pipeline, lightbagel-generate / -edit /
+# -eval (and their --help), the demo's sliders and the training grids all read them. Guidance is
+# BAGEL's published settings (its app.py; the ImgEdit runner uses the same edit values). Steps:
+# BAGEL's app uses 50; 30 is where the tiny default's scores stop moving (the scores in README.md
+# and docs/tiny.md were measured at 30); pass --steps 50 for BAGEL's.
 TASK_DEFAULTS = {
-    "t2i": dict(text_guidance=4.0, image_guidance=1.0, guidance_interval=(0.4, 1.0), renorm="global"),
-    "edit": dict(text_guidance=4.0, image_guidance=2.0, guidance_interval=(0.0, 1.0), renorm="text_channel"),
+    "t2i": dict(steps=30, text_guidance=4.0, image_guidance=1.0, guidance_interval=(0.4, 1.0), renorm="global"),
+    "edit": dict(steps=30, text_guidance=4.0, image_guidance=2.0, guidance_interval=(0.0, 1.0), renorm="text_channel"),
 }
 
 

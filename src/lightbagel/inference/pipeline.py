@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -22,9 +23,13 @@ from lightbagel.data.collate import image_to_tensor, tensor_to_image
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.inference.sampler import Conditioning, SamplerConfig, sample
 from lightbagel.model import LightBagel
-from lightbagel.model_folder import RECIPE, export_model, load_exported, resolved_recipe
+from lightbagel.model_folder import RECIPE, export_model, load_exported, resolved_recipe, understanding_trained
 from lightbagel.precision import apply_precision, dtype_named, inference_plan, precision_of
 from lightbagel.recipe.schema import RecipeConfig
+
+log = logging.getLogger(__name__)
+RANDOM_VLM = ("this model's VLM ({card}) is random and was never trained, so its answers are noise; "
+              "a model trained by recipes/tiny_pretrained.yaml (or with a pretrained VLM card) answers")
 
 Sources = Union[None, Image.Image, Sequence[Image.Image]]
 
@@ -48,9 +53,14 @@ class PipelineOutput:
 
 
 class LightBagelPipeline:
-    def __init__(self, model: LightBagel, recipe: RecipeConfig, device: str | torch.device = "cpu"):
+    def __init__(self, model: LightBagel, recipe: RecipeConfig, device: str | torch.device = "cpu",
+                 understanding_trained: Optional[bool] = None):
         self.model = model.to(device).eval()
         self.recipe, self.device = recipe, torch.device(device)
+        # Whether the VLM ever learned anything (model_folder.py `understanding_trained`).
+        self.understanding_trained = (not recipe.understanding_is_random() if understanding_trained is None
+                                      else understanding_trained)
+        self._warned = False
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", dtype: Optional[str] = None,
@@ -69,7 +79,8 @@ class LightBagelPipeline:
         recipe = resolved_recipe(directory / RECIPE)
         model = load_exported(directory, device=device, trust_remote_code=trust_remote_code)
         compute = dtype_named(dtype, "--dtype") if dtype is not None else precision_of(recipe.trainer).compute
-        return cls(apply_precision(model, inference_plan(model, compute)), recipe, device)
+        return cls(apply_precision(model, inference_plan(model, compute)), recipe, device,
+                   understanding_trained(directory, recipe))
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Writes the same layout `from_pretrained` reads."""
@@ -164,7 +175,11 @@ class LightBagelPipeline:
 
     def understand(self, question: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 32,
                    chat_template: bool = True) -> str:
-        """Greedy answer from the VLM alone: understanding bypasses fusion (docs/design.md)."""
+        """Greedy answer from the VLM alone: understanding bypasses fusion (docs/design.md). Warns
+        once when the VLM was never trained."""
+        if not self.understanding_trained and not self._warned:
+            log.warning(RANDOM_VLM.format(card=self.recipe.understanding.card))
+            self._warned = True
         ids = self.answer_tokens(question, images, max_new_tokens, chat_template)
         return self.model.und.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 

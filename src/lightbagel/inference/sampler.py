@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lightbagel.flow_matching import sampling_times
-from lightbagel.inference.guidance import RENORM, guide
+from lightbagel.inference.guidance import RENORM, TASK_DEFAULTS, guide
 from lightbagel.inputs import EDIT_HIDES, TARGET_ORDER, TEXT, VIT, GenInputs, UndInputs, gen_inputs
 from lightbagel.model import LightBagel, UndCache
 
@@ -36,7 +36,7 @@ class SamplerConfig:
     """Sampling settings; the defaults are BAGEL's text-to-image ones, except `image_guidance`
     (`guidance.TASK_DEFAULTS` holds both tasks' values; the pipeline picks per prompt)."""
 
-    steps: int = 50
+    steps: int = TASK_DEFAULTS["t2i"]["steps"]
     shift: float = 3.0
     text_guidance: float = 4.0
     image_guidance: float = 1.5

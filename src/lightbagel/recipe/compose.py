@@ -72,6 +72,9 @@ class Recipe:
     resolved: DictConfig  # the same, read-only, for logging
     path: Path
     sources: dict[str, str]  # kind -> card file used
+    # The root recipe of the `base:` chain (tiny.yaml -> "tiny", for every run made from it): the
+    # MLflow experiment its runs compare in (runs/tracking.py).
+    family: str = ""
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(self.resolved)
@@ -103,7 +106,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     check_values(resolved, origins)
     config = OmegaConf.to_object(resolved)
     OmegaConf.set_readonly(resolved, True)
-    return Recipe(config=config, resolved=resolved, path=path.resolve(), sources=sources)
+    return Recipe(config=config, resolved=resolved, path=path.resolve(), sources=sources, family=chain[0][0].stem)
 
 
 def _merge(cfg: DictConfig, layer: Layer, origins: Origins) -> None:

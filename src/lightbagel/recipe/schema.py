@@ -235,8 +235,9 @@ class DataConfig:
 @dataclass
 class MLflowConfig:
     enabled: bool = True
-    tracking_uri: Optional[str] = None  # None: a local store under output_dir
-    experiment: str = "lightbagel"
+    # None: $MLFLOW_TRACKING_URI, else the project's store beside output_dir (outputs/mlflow.db).
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None  # None: the recipe family (the root of its base: chain)
     run_name: Optional[str] = None
 
 
@@ -284,7 +285,9 @@ class TrainerConfig:
     log_every_n_steps: int = positive(10)
     sample_every_n_steps: int = non_negative(100)
     num_sample_images: int = non_negative(8)
-    sample_steps: int = positive(20)
+    # Sampling steps of the training grids and eval; None: the sampler's per-task default
+    # (inference/guidance.py TASK_DEFAULTS, the one every command uses).
+    sample_steps: Optional[int] = positive(None)
     # Synthetic-world eval (evaluation/callback.py) every N steps and at the end; 0 turns it off.
     eval_every_n_steps: int = non_negative(0)
     eval_per_category: int = positive(4)
@@ -385,6 +388,15 @@ class RecipeConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def understanding_is_random(self) -> bool:
+        """Whether the VLM is random weights nothing ever trained (the tiny default's): no hub
+        weights, no init_from or pretrain stage for it, frozen and without LoRA on it. Its answers
+        are noise, so chat warns and eval skips the VQA score (cli/generate.py, cli/eval.py)."""
+        und, lora = self.understanding, self.trainer.lora
+        staged = bool(self.pretrain.recipe) and "understanding" in self.pretrain.parts
+        adapted = lora.enabled and bool(lora.targets.get("understanding"))
+        return und.pretrained is None and not self.init_from and not staged and und.freeze and not adapted
 
 
 def _field_facts(cls: type, prefix: str = "") -> Iterator[Tuple[str, dict]]:

@@ -99,7 +99,8 @@ def fresh_output_dir(out: Path) -> Path:
 
 @contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
-    """Holds an exclusive lock on `out` (rank zero only); the OS drops it when the process dies."""
+    """Holds an exclusive lock on `out` (rank zero only); the OS drops it when the process dies,
+    and the lock file goes with a process that ends normally."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; one process per folder is then up to the user
@@ -109,16 +110,29 @@ def folder_lock(out: Path) -> Iterator[None]:
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            pid = handle.read().strip() or "?"
-            raise RunError(f"{out} is in use by another lightbagel-fit (pid {pid}); wait for it to end, "
-                           f"or train elsewhere with --fresh or name=NAME") from None
+    with _locked(out / LOCK, fcntl) as handle:
         handle.seek(0), handle.truncate(), handle.write(f"{os.getpid()}\n"), handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            os.unlink(out / LOCK)  # while still held: a waiting process then locks a fresh file
+
+
+@contextmanager
+def _locked(path: Path, fcntl) -> Iterator:
+    """The open, locked lock file; retried when its holder removed it between our open and lock."""
+    while True:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                pid = handle.read().strip() or "?"
+                raise RunError(f"{path.parent} is in use by another lightbagel-fit (pid {pid}); wait for it to "
+                               f"end, or train elsewhere with --fresh or name=NAME") from None
+            if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                yield handle
+                return
 
 
 def _resumable(key: str) -> bool:
