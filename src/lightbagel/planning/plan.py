@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from lightbagel.model import LightBagel, build_skeleton
@@ -58,7 +59,7 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         steps.update()
     parts = model_parts(model)
     flops = sequence_flops(model, workload)
-    writeback = _flipped_writeback(recipe, workload)
+    writeback = _flipped_writeback(recipe, workload, precision.precision.compute)
     steps.update()
     steps.close()
     memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
@@ -66,10 +67,13 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
     return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing, writeback)
 
 
-def _flipped_writeback(recipe: RecipeConfig, workload: Workload) -> Optional[tuple[bool, list[PartFlops]]]:
-    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses)."""
+def _flipped_writeback(recipe: RecipeConfig, workload: Workload,
+                       compute: torch.dtype) -> Optional[tuple[bool, list[PartFlops]]]:
+    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses), its
+    weights cast as `make_plan` casts the recipe's own model."""
     if recipe.fusion.block == "none":
         return None
     flipped = replace(recipe, fusion=replace(recipe.fusion, und_writeback=not recipe.fusion.und_writeback))
-    model = apply_precision(build_skeleton(flipped), inference_plan(flipped, training_plan(flipped).precision.compute))
+    model = build_skeleton(flipped)
+    apply_precision(model, inference_plan(model, compute))
     return flipped.fusion.und_writeback, sequence_flops(model, workload)
