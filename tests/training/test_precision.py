@@ -125,7 +125,7 @@ def test_apply_precision_recasts_the_fp32_list_of_a_bf16_model():
     """A model cast whole to bf16 (an export read in bf16) gets its fp32 buffers and tables back."""
     cfg = recipe()
     model = build_model(cfg).to(torch.bfloat16)
-    apply_precision(model, inference_plan(cfg, torch.bfloat16))
+    apply_precision(model, inference_plan(model, torch.bfloat16))
     buffers, params = dict(model.named_buffers()), dict(model.named_parameters())
     for name in KEPT_BUFFERS:
         assert buffers[name].dtype == torch.float32, name

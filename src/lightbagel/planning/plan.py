@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from lightbagel.model import LightBagel, build_skeleton
@@ -60,7 +61,7 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         steps.update()
     parts = model_parts(model)
     flops = sequence_flops(model, workload)
-    writeback = _flipped_writeback(recipe, workload)
+    writeback = _flipped_writeback(recipe, workload, precision.precision.compute)
     steps.update()
     steps.close()
     memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
@@ -68,11 +69,13 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
     return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing, writeback)
 
 
-def _flipped_writeback(recipe: RecipeConfig, workload: Workload) -> Optional[tuple[bool, list[PartFlops]]]:
-    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses)."""
+def _flipped_writeback(recipe: RecipeConfig, workload: Workload,
+                       compute: torch.dtype) -> Optional[tuple[bool, list[PartFlops]]]:
+    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses), its
+    weights cast as `make_plan` casts the recipe's own model."""
     if recipe.fusion.block == "none":
         return None
     flipped = replace(recipe, fusion=replace(recipe.fusion, und_writeback=not recipe.fusion.und_writeback))
     model = build_skeleton(flipped)
-    apply_precision(model, inference_plan(model, training_plan(flipped.trainer, model).precision.compute))
+    apply_precision(model, inference_plan(model, compute))
     return flipped.fusion.und_writeback, sequence_flops(model, workload)
