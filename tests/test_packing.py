@@ -198,6 +198,27 @@ def test_killed_packed_run_resumes_onto_the_uninterrupted_runs_weights(tmp_path,
     same_weights(tmp_path / "ref", tmp_path / "run")
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_a_mixed_size_batch_is_weighted_by_every_target_token_it_holds(tiny_recipe, monkeypatch):
+    """Under the token-weighted loss (docs/distributed.md) a rank contributes the target tokens of
+    its whole batch, every image size together: what backward sees is its loss times that weight."""
+    import lightbagel.training.module as training_module
+
+    seen = {}
+
+    def weight(tokens, device):
+        seen["tokens"] = tokens
+        return 0.5
+
+    monkeypatch.setattr(training_module, "global_token_weight", weight)
+    module = training_module.LightBagelModule(tiny_recipe.config)
+    batch = _mixed_batch(module.model)
+    scaled = module.training_step(batch, 0)
+    loss, _ = module.weighted_loss(batch, 0)  # the same per-sample keys: the same loss
+    assert seen["tokens"] == 4 * 16 + 3 * 24 + 3 * 15
+    torch.testing.assert_close(scaled, 0.5 * loss, rtol=0, atol=0)
+
+
 def test_batch_flops_count_the_tokens_each_layout_computes(tiny_recipe):
     from lightbagel.training.flops import train_flops
     from lightbagel.training.module import LightBagelModule

@@ -9,7 +9,9 @@ Decided here and nowhere else (docs/full_size.md, "Precision"):
   frequencies, the timestep embedding path, the adaLN modulation tables, the VAE and its latent
   statistics;
 - compute runs in bf16 through autocast, and under FSDP2 through `MixedPrecisionPolicy`
-  (training/sharding.py), with gradients reduced in fp32.
+  (training/sharding.py), with gradients reduced in fp32;
+- with `trainer.fp32_residual` (on by default, as Wan2.2 runs) the DiT's residual stream and
+  output head stay fp32 under bf16 training (docs/full_size.md has the measured error).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ PRECISIONS: dict[str, Precision] = {
 class PrecisionPlan:
     precision: Precision
     keep: tuple[tuple[str, str], ...]  # (component prefix in LightBagel, a `keep_in_fp32` pattern)
+    # The DiT's residual stream and output head in fp32 (`trainer.fp32_residual`), where its adapter
+    # offers it (`fp32_residual` on the class); compute inside each block stays in the compute dtype.
+    fp32_residual: bool = False
 
     def keeps(self, name: str) -> bool:
         return any(name.startswith(prefix) and re.search(p, name[len(prefix):]) for prefix, p in self.keep)
@@ -89,7 +94,8 @@ def precision_of(tr: TrainerConfig) -> Precision:
 
 
 def training_plan(tr: TrainerConfig, model: nn.Module) -> PrecisionPlan:
-    return PrecisionPlan(precision_of(tr), keep_patterns(model))
+    precision = precision_of(tr)
+    return PrecisionPlan(precision, keep_patterns(model), tr.fp32_residual and precision.compute != _F32)
 
 
 def inference_plan(model: nn.Module, dtype: torch.dtype) -> PrecisionPlan:
@@ -120,6 +126,9 @@ def apply_precision(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
     for name, buffer in model.named_buffers():
         if buffer.is_floating_point() and plan.keeps(name):
             buffer.data = buffer.data.float()
+    for module in model.modules():
+        if hasattr(type(module), "fp32_residual"):  # an adapter that offers it (backbones/generation/wan.py)
+            module.fp32_residual = module.fp32_head = plan.fp32_residual
     return model
 
 

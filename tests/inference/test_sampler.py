@@ -244,3 +244,35 @@ def test_rotary_tables_are_reused_only_for_the_same_layout(tiny_model):
     hp, wp = (8 // p for p in gen.patch_size[1:])
     torch.testing.assert_close(other[0], gen._rope(torch.zeros(2, 2, dtype=torch.long), hp, wp)[0], rtol=0, atol=0)
     assert not torch.equal(other[0], first[0])
+
+
+def bagel_times(num_timesteps: int, shift: float) -> torch.Tensor:
+    """BAGEL's evaluated times, re-typed from `generate_image` (modeling/bagel/bagel.py)."""
+    t = torch.linspace(1, 0, num_timesteps)
+    t = shift * t / (1 + (shift - 1) * t)
+    return t[:-1]
+
+
+@pytest.mark.parametrize("num_timesteps", [2, 50])
+def test_bagels_num_timesteps_is_one_more_than_steps_on_the_same_grid(num_timesteps):
+    """BAGEL's 50 timesteps are 49 updates; `steps=49` evaluates the model at exactly its times."""
+    from lightbagel.flow_matching import sampling_times
+
+    ours = sampling_times(num_timesteps - 1, 3.0)
+    assert ours[-1] == 0 and len(ours) == num_timesteps
+    # Same fp32 ops on the same inputs; linspace over 50 vs 51 points would differ by ~1e-2.
+    torch.testing.assert_close(ours[:-1], bagel_times(num_timesteps, 3.0), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("text, image, branches", [
+    (1.0, 2.0, 1),  # no text guidance: no image guidance either
+    (0.5, 2.0, 1),  # a scale below 1 is off, not negative guidance
+    (4.0, 0.5, 2),
+    (4.0, 2.0, 3),
+])
+def test_guidance_branches_follow_bagels_rule(tiny_model, make_batch, text, image, branches):
+    from lightbagel.inference.sampler import _Branches
+
+    cond = _conditioning(tiny_model, make_batch(tiny_model))
+    assert cond.has_source.any()
+    assert _Branches(tiny_model, cond, SamplerConfig(text_guidance=text, image_guidance=image)).n_all == branches

@@ -125,6 +125,32 @@ def test_plan_counts_real_and_padded_tokens_of_the_data_pipeline(tmp_path):
     assert f"padded rows {sample.padded_fraction:.1%}" in format_plan(plan)
 
 
+def test_the_gather_term_is_the_root_group_and_two_blocks():
+    """FSDP2 gathers a block at a time with the next prefetched, and keeps its root group (all that
+    no block holds: embeddings, LM head, ViT, DiT embedders and head) gathered through the step;
+    the groups are those training/sharding.py makes, each weight at the dtype the forward sees."""
+    from lightbagel.model import build_skeleton
+    from lightbagel.precision import apply_precision, inference_plan
+    from lightbagel.recipe import load_recipe
+    from lightbagel.training.sharding import model_units
+
+    cfg = load_recipe(RECIPES / "tiny.yaml", ["trainer.precision=bf16-mixed", "generation=tiny_wan2_1"]).config
+    model = build_skeleton(cfg)
+    apply_precision(model, inference_plan(model, torch.bfloat16))
+    units = model_units(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    blocks = [names[id(m)] + "." for unit in units for m in unit.modules]
+    size = lambda named: sum(p.numel() * p.element_size() for _, p in named)  # noqa: E731
+    params = list(model.named_parameters())
+    per_block = [size((n, p) for n, p in params if n.startswith(b)) for b in blocks]
+    root = [(n, p) for n, p in params if not n.startswith((*blocks, "gen.vae."))]
+    root_names = {n.rsplit(".", 1)[0] for n, _ in root}
+    assert any("embed_tokens" in n for n in root_names) and any("lm_head" in n for n in root_names)
+    assert any(".visual." in n for n in root_names)
+    plan = make_plan(cfg, gpus=2, nodes=1, seq_len=512, progress=False)
+    assert plan.memory.gather == 2 * max(per_block) + size(root)
+
+
 def test_plan_prints_flops_against_the_ideal_and_the_cost_of_und_writeback():
     """The paper's recipe (frozen VLM, und_writeback true): the VLM's input gradients and the
     recompute are the overhead; flipped to false the VLM runs forward only, so without

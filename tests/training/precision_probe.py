@@ -33,9 +33,22 @@ def full_trainable(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in state.items() if k in trainable}
 
 
+def tensor_dtypes(value) -> set[torch.dtype]:
+    """The dtypes of the floating tensors in a tensor, tuple or list (a rotary table's cos/sin)."""
+    if isinstance(value, torch.Tensor):
+        return {value.dtype} if value.is_floating_point() else set()
+    if isinstance(value, (tuple, list)):
+        return set().union(*map(tensor_dtypes, value)) if value else set()
+    return set()
+
+
 class PrecisionProbe(L.Callback):
+    """Also, in the first training step: the dtypes of the rotary tables each fusion block is handed,
+    and how many times an attention mask is built (fusion/mask.py `BUILDERS`)."""
+
     def __init__(self):
         self.params, self.buffers, self.seen, self.state_dtypes = {}, {}, {}, set()
+        self.rope, self.mask_builds, self._builders = {}, 0, None
         self.initial = self.final = None
         self._hooks = []
 
@@ -56,6 +69,36 @@ class PrecisionProbe(L.Callback):
                 self._hooks.append(modules[name].register_forward_hook(self._record_output(name)))
         block = modules[TABLE.rpartition(".")[0]]
         self._hooks.append(block.ffn.register_forward_pre_hook(self._record_table(block)))
+        for i, fusion in enumerate(model.fusion):
+            self._hooks.append(fusion.register_forward_pre_hook(self._record_rope(f"fusion.{i}")))
+
+    def _record_rope(self, name: str):
+        def hook(module, args):  # forward(h_und, h_gen, mask, rope_und, rope_gen)
+            for stream, rope in (("und", args[3]), ("gen", args[4])):
+                dtypes = sorted(str(d).removeprefix("torch.") for d in tensor_dtypes(rope))
+                self.rope.setdefault(f"{name}.{stream}", dtypes)
+        return hook
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from lightbagel.fusion import mask
+
+        if trainer.global_step == 0 and self._builders is None:
+            self._builders = dict(mask.BUILDERS)
+            for name, build in self._builders.items():
+                mask.BUILDERS[name] = self._counted(build)
+
+    def _counted(self, build):
+        def counted(order_mask):
+            self.mask_builds += 1
+            return build(order_mask)
+        return counted
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from lightbagel.fusion import mask
+
+        if self._builders is not None:
+            mask.BUILDERS.update(self._builders)
+            self._builders = {}  # counted once: the first step only
 
     def _record(self, name: str, attr: str):
         def hook(module, args):
@@ -82,5 +125,5 @@ class PrecisionProbe(L.Callback):
     def report(self) -> dict:
         names = lambda d: {k: str(v).removeprefix("torch.") for k, v in d.items()}  # noqa: E731
         return {"params": names(self.params), "buffers": names(self.buffers), "seen": names(self.seen),
-                "trainable": self.trainable, "state_dtypes": sorted(str(d).removeprefix("torch.")
-                                                                    for d in self.state_dtypes)}
+                "trainable": self.trainable, "rope": self.rope, "mask_builds": self.mask_builds,
+                "state_dtypes": sorted(str(d).removeprefix("torch.") for d in self.state_dtypes)}

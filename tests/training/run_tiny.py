@@ -30,6 +30,7 @@ from lightbagel.recipe import load_recipe  # noqa: E402
 from lightbagel.shapes.heldout import validation_samples  # noqa: E402
 from lightbagel.training.checkpointing import AtomicCheckpoint  # noqa: E402
 from lightbagel.training.module import LightBagelModule  # noqa: E402
+from lightbagel.training.randomness import sample_seeds  # noqa: E402
 from lightbagel.training.strategy import make_strategy  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
@@ -45,6 +46,42 @@ class FixedBatches:
             yield self.collator(samples[self.rank * self.local:(self.rank + 1) * self.local])
 
 
+class UnevenBatches:
+    """Rank r takes `per_rank[r]` = (samples, image size) every step: ranks hold different token counts."""
+
+    def __init__(self, collator: Collator, per_rank: list[tuple[int, int]], rank: int):
+        self.collator, (self.n, self.size), self.rank = collator, per_rank[rank], rank
+
+    def __iter__(self):
+        for k in itertools.count():
+            yield self.collator(uneven_samples(k, self.rank, self.n, self.size))
+
+
+def uneven_samples(step: int, rank: int, n: int, size: int) -> list[dict]:
+    return validation_samples(n, size, seed=2000 + 10 * step + rank)
+
+
+def parse_uneven(text: str) -> list[tuple[int, int]]:
+    """"3x32,1x64": rank 0 takes 3 samples of 32 px, rank 1 one of 64 px."""
+    return [tuple(int(v) for v in part.split("x")) for part in text.split(",")]
+
+
+class SaveGradients(L.Callback):
+    """The full gradients of the first optimizer step (gathered under FSDP2), for grads.safetensors."""
+
+    def __init__(self):
+        self.grads = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.grads is not None:
+            return
+        self.grads = {}
+        for name, p in pl_module.model.named_parameters():
+            if p.grad is not None:
+                grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                self.grads[name] = grad.detach().clone().contiguous()
+
+
 class Record(L.Callback):
     def __init__(self, kill_at: int):
         self.losses, self.kill_at = [], kill_at
@@ -56,6 +93,22 @@ class Record(L.Callback):
         self.losses.append(float(loss))
         if trainer.global_step == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, as a preempted node
+
+
+def union_gradients(cfg, per_rank: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """One process over the union of every rank's `--uneven` samples, each token weighed the same: the
+    squared errors summed over all target tokens over their number, each sample keyed by its global
+    index (rank 0's first, then rank 1's)."""
+    module = LightBagelModule(cfg)
+    module.configure_model()
+    collator, first, total, sums = Collator(module.model.und.processor, 32), 0, 0, []
+    for rank, (n, size) in enumerate(per_rank):
+        mean, tokens = module.flow_matching_loss(collator(uneven_samples(0, rank, n, size)),
+                                                 sample_seeds(cfg.seed, 0, first, n))
+        sums.append(mean * tokens)
+        first, total = first + n, total + tokens
+    (sum(sums) / total).backward()
+    return {n: p.grad.contiguous() for n, p in module.model.named_parameters() if p.grad is not None}
 
 
 def kill_during_save(step: int) -> None:
@@ -83,6 +136,9 @@ def main() -> None:
     p.add_argument("--kill-at", type=int, default=-1)
     p.add_argument("--kill-in-save", type=int, default=-1)
     p.add_argument("--report", action="store_true", help="write initial.safetensors and precision.json")
+    p.add_argument("--uneven", default=None, help="per-rank 'NxSIZE,...' batches instead of slices of one")
+    p.add_argument("--grads", action="store_true", help="write grads.safetensors (first optimizer step)")
+    p.add_argument("--union", default=None, help="'NxSIZE,...': grads.safetensors of one process over them all")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = Path(args.out)
@@ -94,12 +150,19 @@ def main() -> None:
     if args.kill_in_save >= 0:
         kill_during_save(args.kill_in_save)
     L.seed_everything(cfg.seed, verbose=False)
+    if args.union:
+        out.mkdir(parents=True, exist_ok=True)
+        return save_file(union_gradients(cfg, parse_uneven(args.union)), out / "grads.safetensors")
     module = LightBagelModule(cfg)
-    loader = ResumableLoader(FixedBatches(Collator(module.model.und.processor, 32), args.global_batch, rank, world))
-    record = Record(args.kill_at)
+    collator = Collator(module.model.und.processor, 32)
+    batches = UnevenBatches(collator, parse_uneven(args.uneven), rank) if args.uneven else \
+        FixedBatches(collator, args.global_batch, rank, world)
+    loader = ResumableLoader(batches)
+    record, grads = Record(args.kill_at), SaveGradients()
     checkpoint = AtomicCheckpoint(out / "checkpoints", args.every, keep=10)
     probe = PrecisionProbe()
-    callbacks = [record, checkpoint, FastForward(loader)] + ([probe] if args.report else [])
+    callbacks = [record, checkpoint, FastForward(loader)] + ([probe] if args.report else []) + \
+        ([grads] if args.grads else [])
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy=make_strategy(cfg.trainer),
                         precision=precision_of(cfg.trainer).lightning, max_steps=args.steps,
                         gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=callbacks, logger=False,
@@ -110,6 +173,8 @@ def main() -> None:
     if trainer.is_global_zero:
         save_file(state, out / "weights.safetensors")
         (out / "losses.json").write_text(json.dumps(record.losses))
+        if args.grads:
+            save_file(grads.grads, out / "grads.safetensors")
         if args.report:
             save_file(probe.initial, out / "initial.safetensors")
             (out / "precision.json").write_text(json.dumps(probe.report()))

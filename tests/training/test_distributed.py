@@ -157,3 +157,33 @@ def test_two_rank_opted_in_bf16_true_trains_with_bf16_masters_beside_the_fp32_li
     assert "bfloat16" in report["state_dtypes"]
     fp32, pure = moved(precision_runs / "fp32"), moved(precision_runs / "pure")
     assert sum(int((fp32[n] & pure[n]).sum()) for n in fp32) < 0.5 * sum(int(m.sum()) for m in fp32.values())
+
+
+# Rank 0: three 32 px samples; rank 1: one 64 px sample (4x the tokens of one 32 px sample).
+UNEVEN = [(3, 32), (1, 64)]
+
+
+
+def test_two_ranks_with_different_token_counts_give_the_union_gradients(tmp_path):
+    """FSDP2 averages gradients over ranks; each rank's loss is weighted by its share of the global
+    tokens, so rank 1's one large sample weighs what it would in one process, not half the batch."""
+    out = tmp_path / "uneven"
+    launch(out, "--steps", "1", "--grads", "--uneven", ",".join(f"{n}x{s}" for n, s in UNEVEN),
+           "trainer.gradient_clip_val=null", procs=2)
+    launch(tmp_path / "union", "--union", ",".join(f"{n}x{s}" for n, s in UNEVEN), "trainer.gradient_clip_val=null")
+    sharded, union = load_file(out / "grads.safetensors"), load_file(tmp_path / "union" / "grads.safetensors")
+    assert union.keys() == sharded.keys() and len(union) > 50
+    for name in union:
+        # fp32 on both sides; the reduction order differs (two partial sums against one).
+        torch.testing.assert_close(sharded[name], union[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fusion_blocks_get_fp32_rotary_and_one_mask_build_per_forward_under_fsdp2(precision_runs):
+    """FSDP2 hands each group its inputs as they are: Wan's fp32 cos/sin reach every fusion block in
+    fp32 (a bf16 group would cast them) and the masks are built as often as in one process. (The
+    VLM's cos/sin are in its hidden dtype, as HF's Qwen2.5-VL rotary returns them.)"""
+    one = json.loads((precision_runs / "fp32" / "precision.json").read_text())
+    mixed = json.loads((precision_runs / "mixed" / "precision.json").read_text())
+    gen = {name: dtypes for name, dtypes in mixed["rope"].items() if name.endswith(".gen")}
+    assert len(gen) >= 2 and all(dtypes == ["float32"] for dtypes in gen.values()), gen
+    assert 0 < mixed["mask_builds"] == one["mask_builds"]

@@ -125,7 +125,7 @@ def test_apply_precision_recasts_the_fp32_list_of_a_bf16_model():
     """A model cast whole to bf16 (an export read in bf16) gets its fp32 buffers and tables back."""
     cfg = recipe()
     model = build_model(cfg).to(torch.bfloat16)
-    apply_precision(model, inference_plan(cfg, torch.bfloat16))
+    apply_precision(model, inference_plan(model, torch.bfloat16))
     buffers, params = dict(model.named_buffers()), dict(model.named_parameters())
     for name in KEPT_BUFFERS:
         assert buffers[name].dtype == torch.float32, name
@@ -194,3 +194,30 @@ def test_fit_cli_refuses_bf16_true_in_one_line(capsys, tmp_path):
 
 def test_the_tables_agree_with_the_schema_and_the_registries():
     assert set(PRECISIONS) == set(CHOICES["trainer.precision"])
+
+
+@pytest.mark.parametrize("fp32_residual", [True, False])
+def test_the_dit_residual_stream_and_head_are_fp32_under_bf16_when_chosen(fp32_residual):
+    """Wan2.2 keeps its residual stream and head in fp32; `trainer.fp32_residual` chooses it. What a
+    DiT block hands the next and what the head returns are then fp32, the matmuls stay bf16."""
+    module = LightBagelModule(recipe(f"trainer.fp32_residual={str(fp32_residual).lower()}"))
+    module.configure_model()
+    gen = module.model.gen
+    assert gen.fp32_residual is gen.fp32_head is fp32_residual
+    seen = {}
+    gen.dit.blocks[0].ffn.register_forward_hook(lambda m, args, out: seen.setdefault("ffn", out.dtype) and None)
+    block, head = gen.block, gen.head
+
+    def record(name, run):
+        def recorded(*args):
+            out = run(*args)
+            seen.setdefault(name, out.dtype)
+            return out
+        return recorded
+
+    gen.block, gen.head = record("stream", block), record("head", head)
+    batch = Collator(module.model.und.processor, 32)(validation_samples(2, 32, seed=7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module.flow_matching_loss(batch, [0, 1])
+    stream = torch.float32 if fp32_residual else torch.bfloat16
+    assert seen["stream"] == seen["head"] == stream and seen["ffn"] == torch.bfloat16

@@ -44,10 +44,12 @@ def _user_pieces(role: str, content: str, images: list[Image.Image], key: str, t
 
 
 def chat_pieces(conversation: Sequence[dict], images: Sequence[Image.Image], key: str = "sample",
-                delimiters: tuple[str, str] = (UndProcessor.turn_start, UndProcessor.turn_end)
-                ) -> list[tuple[Segment, bool]]:
+                delimiters: tuple[str, str] = (UndProcessor.turn_start, UndProcessor.turn_end),
+                system: str | None = None) -> list[tuple[Segment, bool]]:
     """The chat as (segment, is_answer) pieces; images without a mark go before the first turn's text.
-    `delimiters`: the processor's turn start and end, the ones its prompts and stop tokens use."""
+    `delimiters`: the processor's turn start and end, the ones its prompts and stop tokens use;
+    `system`: the rendered system turn written first when the conversation opens without one, as the
+    processor's chat template does (`UndProcessor.system_turn`)."""
     queue = list(images)
     marks = sum(str(t["content"]).count(IMAGE) for t in conversation)
     lead = [(queue.pop(0), False) for _ in range(max(0, len(queue) - marks))]
@@ -59,7 +61,9 @@ def chat_pieces(conversation: Sequence[dict], images: Sequence[Image.Image], key
             pieces += [(f"{start}assistant\n", False), (content, True), (end, True), ("\n", False)]
         else:
             pieces += _user_pieces(role, content, queue, key, delimiters)
-    return pieces[:1] + lead + pieces[1:]
+    opening = [] if system is None or (conversation and conversation[0].get("role") == "system") else \
+        [(system, False)]
+    return opening + pieces[:1] + lead + pieces[1:]
 
 
 def encode_chat(processor: UndProcessor, conversation: Sequence[dict], images: Sequence[Image.Image],
@@ -70,7 +74,8 @@ def encode_chat(processor: UndProcessor, conversation: Sequence[dict], images: S
     the piece encoded alone. An image piece is its split's run of one order in the prompt: counted
     there, not by running the image processor a second time.
     """
-    pieces = chat_pieces(conversation, images, key, (processor.turn_start, processor.turn_end))
+    pieces = chat_pieces(conversation, images, key, (processor.turn_start, processor.turn_end),
+                         processor.system_turn)
     prompt = processor.encode([seg for seg, _ in pieces])
     mask: list[bool] = []
     for seg, is_answer in pieces:

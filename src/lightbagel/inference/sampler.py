@@ -3,7 +3,12 @@
 Guidance follows BAGEL (docs/design.md): three branches per step, batched into one forward:
 full condition, text dropped, and source image dropped (its ViT and clean VAE tokens), hidden
 exactly as condition dropout hides them in training. Text guidance is applied first, image
-guidance on top of it; both only inside `guidance_interval`, optionally renormalised.
+guidance on top of it; both only inside `guidance_interval`, optionally renormalised. A scale
+<= 1 turns its branch off, and without text guidance there is no image guidance (BAGEL's rule).
+
+`steps` counts Euler updates (model evaluations) on `steps + 1` grid points from t = 1 to 0;
+BAGEL's `num_timesteps` counts grid points (`linspace(1, 0, num_timesteps)`, its last point
+never evaluated): BAGEL's 50 is `steps=49` here, on the same shifted grid (docs/inference.md).
 
 The understanding side never sees the noise, so with `use_cache` it runs once (at the first
 step, for every branch) and later steps run the generation side only (`LightBagel.
@@ -55,7 +60,7 @@ class SamplerConfig:
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.text_guidance < 0 or self.image_guidance < 0:
-            raise ValueError("guidance scales must be >= 0 (1.0 turns guidance off)")
+            raise ValueError("guidance scales must be >= 0 (<= 1.0 turns guidance off)")
         lo, hi = self.guidance_interval
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1, got {self.guidance_interval}")
@@ -167,8 +172,10 @@ class _Branches:
     def __init__(self, model: LightBagel, cond: Conditioning, cfg: SamplerConfig):
         self.model, self.batch = model, cond.und.input_ids.shape[0]
         branches = [cond]
-        self.text = cfg.text_guidance != 1.0
-        self.image = cfg.image_guidance != 1.0 and bool(cond.has_source.any())
+        # BAGEL's rule (`_forward_flow`): a scale <= 1 turns its branch off, and image guidance only
+        # ever applies on top of text guidance, so text_guidance <= 1 means no guidance at all.
+        self.text = cfg.text_guidance > 1.0
+        self.image = self.text and cfg.image_guidance > 1.0 and bool(cond.has_source.any())
         if self.text:
             branches.append(replace(cond, und=without_text(cond.und)))
         if self.image:

@@ -5,10 +5,13 @@ frozen VAE's weights, whole on every rank (training/sharding.py).
 Bytes per element follow the precision plan (precision.py) weight by weight: trainable weights,
 their gradients and both AdamW moments in the master dtype (fp32 but under an opted-in
 `bf16-true`), frozen weights in the frozen dtype (bf16 under `bf16-*`), the fp32 list (VAE,
-rotary tables, timestep path, modulation tables) in fp32. FSDP2 also all-gathers one unit at a
-time at compute precision, with the next one prefetched: two copies of the largest unit (a
-block, or the VLM's embedding table). Activations are the
-measured saved bytes (planning/activations.py) of one packed sequence per GPU.
+rotary tables, timestep path, modulation tables) in fp32. FSDP2 also all-gathers its groups
+(training/sharding.py) as the forward sees them (compute copies, the fp32 list in fp32): one
+block at a time with the next one prefetched, two copies of the largest block; and the root
+group, which holds everything no block holds (the VLM's embedding table and LM head, its ViT, the
+DiT's embedders and head) and stays gathered from the forward through the backward, as FSDP2
+keeps its root. Activations are the measured saved bytes (planning/activations.py) of one packed
+sequence per GPU.
 Not modelled: activation gradients alive during backward, allocator fragmentation, NCCL buffers.
 """
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from lightbagel.model import LightBagel
 from lightbagel.planning.activations import ActivationBytes
-from lightbagel.planning.parts import Part, vision_tower
+from lightbagel.planning.parts import Part
 from lightbagel.planning.workload import Workload
 from lightbagel.precision import PrecisionPlan
 
@@ -48,13 +51,24 @@ class MemoryPlan:
         return self.states + self.activations_checkpointed
 
 
-def largest_unit(model: LightBagel) -> int:
-    """Parameters of the largest FSDP unit: one block of any tower, or the VLM's embeddings."""
-    blocks: list[nn.Module] = [*model.und._lm.layers, *model.fusion, *getattr(model.gen.dit, "blocks", [])]
-    vit = vision_tower(model)
-    blocks += list(getattr(vit, "blocks", [])) if vit is not None else []
-    blocks.append(model.und.model.get_input_embeddings())
-    return max(sum(p.numel() for p in b.parameters()) for b in blocks)
+def fsdp_blocks(model: LightBagel) -> list[nn.Module]:
+    """The blocks that are FSDP2 groups of their own: VLM decoder layers, DiT blocks, fusion blocks
+    (training/sharding.py `model_units`; the ViT's blocks stay in the root group)."""
+    dit = model.gen.dit
+    return [*model.und._lm.layers, *model.fusion, *getattr(dit, "blocks", getattr(dit, "transformer_blocks", []))]
+
+
+def _bytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def gather_bytes(model: LightBagel) -> tuple[int, int]:
+    """(Gathered bytes of the largest block, of the root group) for a model whose weights are in
+    the dtypes the forward sees; the VAE is in no group (whole on every rank)."""
+    blocks = fsdp_blocks(model)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()} | {id(p) for p in model.gen.vae.parameters()}
+    root = [p for p in model.parameters() if id(p) not in in_blocks]
+    return max(_bytes(b.parameters()) for b in blocks), _bytes(root)
 
 
 def weight_bytes(model: LightBagel, plan: PrecisionPlan, world: int) -> float:
@@ -68,7 +82,8 @@ def weight_bytes(model: LightBagel, plan: PrecisionPlan, world: int) -> float:
 
 def plan_memory(model: LightBagel, parts: list[Part], workload: Workload, world: int, plan: PrecisionPlan,
                 activations: dict[str, ActivationBytes]) -> MemoryPlan:
-    master_b, compute_b = plan.precision.master.itemsize, plan.precision.compute.itemsize
+    master_b = plan.precision.master.itemsize
+    block, root = gather_bytes(model)
     trainable = sum(p.trainable for p in parts)
     samples = workload.samples
     acts = sum(n * activations[kind].total for kind, n in samples.items())
@@ -78,7 +93,7 @@ def plan_memory(model: LightBagel, parts: list[Part], workload: Workload, world:
         weights=weight_bytes(model, plan, world),
         gradients=trainable * master_b / world,
         optimizer=2 * trainable * master_b / world,
-        gather=2 * largest_unit(model) * compute_b,
+        gather=2 * block + root,
         activations=acts,
         activations_checkpointed=acts_ckpt,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from lightbagel.model import LightBagel, build_skeleton
@@ -46,8 +47,10 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
     steps = tqdm(total=4, desc="planning", disable=not progress, leave=False)
     model: LightBagel = build_skeleton(recipe)
     precision = training_plan(recipe.trainer, model)
-    # Weights as the forward sees them: compute copies, the fp32 list in fp32 (precision.py).
-    apply_precision(model, inference_plan(model, precision.precision.compute))
+    # Weights as the forward sees them: compute copies, the fp32 list in fp32, the DiT's residual
+    # stream in fp32 where the training plan keeps it so (precision.py).
+    seen = replace(inference_plan(model, precision.precision.compute), fp32_residual=precision.fp32_residual)
+    apply_precision(model, seen)
     steps.update()
     workload = make_workload(model, seq_len, recipe.data.image_size, recipe.data.vit_image_size, text_tokens,
                              edit_fraction)
@@ -58,7 +61,7 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
         steps.update()
     parts = model_parts(model)
     flops = sequence_flops(model, workload)
-    writeback = _flipped_writeback(recipe, workload)
+    writeback = _flipped_writeback(recipe, workload, precision.precision.compute)
     steps.update()
     steps.close()
     memory = plan_memory(model, parts, workload, gpus * nodes, precision, activations)
@@ -66,10 +69,13 @@ def make_plan(recipe: RecipeConfig, gpus: int, nodes: int, seq_len: int, text_to
     return Plan(recipe.name, parts, workload, flops, activations, memory, nodes, gpus, packing, writeback)
 
 
-def _flipped_writeback(recipe: RecipeConfig, workload: Workload) -> Optional[tuple[bool, list[PartFlops]]]:
-    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses)."""
+def _flipped_writeback(recipe: RecipeConfig, workload: Workload,
+                       compute: torch.dtype) -> Optional[tuple[bool, list[PartFlops]]]:
+    """FLOPs of the sequence with `fusion.und_writeback` flipped (none when no block fuses), its
+    weights cast as `make_plan` casts the recipe's own model."""
     if recipe.fusion.block == "none":
         return None
     flipped = replace(recipe, fusion=replace(recipe.fusion, und_writeback=not recipe.fusion.und_writeback))
-    model = apply_precision(build_skeleton(flipped), inference_plan(flipped, training_plan(flipped).precision.compute))
+    model = build_skeleton(flipped)
+    apply_precision(model, inference_plan(model, compute))
     return flipped.fusion.und_writeback, sequence_flops(model, workload)

@@ -278,6 +278,9 @@ class TrainerConfig:
     # bf16-true keeps trainable weights and AdamW state in bf16 (most lr 3e-5 updates round
     # away); it is refused for a model with trainable weights unless this is true.
     allow_bf16_master_weights: bool = False
+    # Under bf16 compute, keep the DiT's residual stream and output head in fp32 as Wan2.2 does
+    # (precision.py; the measured error and memory cost: docs/full_size.md "Precision").
+    fp32_residual: bool = True
     max_steps: int = positive(300)
     log_every_n_steps: int = positive(10)
     sample_every_n_steps: int = non_negative(100)
@@ -290,6 +293,9 @@ class TrainerConfig:
     eval_per_category: int = positive(4)
     gradient_clip_val: Optional[float] = positive(1.0)
     accumulate_grad_batches: int = positive(1)
+    # Global tokens per optimizer step (every rank's micro-batches together); with a token budget
+    # it fixes accumulate_grad_batches for any number of ranks (recipe/steps.py). None: not fixed.
+    tokens_per_step: Optional[int] = positive(None)
     activation_checkpointing: bool = False
     enable_progress_bar: bool = True
     # CPU intra-op threads (None: torch's default). Tiny models gain nothing from more threads,
@@ -345,6 +351,9 @@ class OptimConfig:
     lr: float = positive(3e-5)
     betas: List[float] = unit_open(factory=lambda: [0.9, 0.95])
     weight_decay: float = non_negative(0.0)
+    # torch's default; BAGEL trains with 1e-15. With fp32 second moments the two differ only for
+    # entries whose gradient RMS is below ~1e-8, where 1e-15 turns AdamW into lr x sign(g)
+    # (docs/full_size.md). optim.eps=1.0e-15 gives BAGEL's.
     eps: float = positive(1e-8)
     warmup_steps: int = non_negative(2000)
     # After warmup: "constant" (the paper) or "cosine" down to min_lr_ratio x lr at trainer.max_steps

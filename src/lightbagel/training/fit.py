@@ -19,6 +19,7 @@ from lightbagel.errors import CheckpointError
 from lightbagel.inference.guidance import TASK_DEFAULTS
 from lightbagel.model_folder import EXPORT, point_export, version_dir, write_info
 from lightbagel.recipe import Recipe
+from lightbagel.recipe.steps import accumulation, world_size
 from lightbagel.runs.folder import check_resume, folder_lock, is_rank_zero, write_record
 from lightbagel.runs.tracking import ActiveTime, make_logger
 from lightbagel.threads import apply_threads
@@ -28,6 +29,7 @@ from lightbagel.training.checkpointing import AtomicCheckpoint, checkpoint_recip
 from lightbagel.training.console import PlainProgress, StepBar, banner, checkpoint_every, interactive, silence_noise
 from lightbagel.training.module import LightBagelModule, objective_tasks
 from lightbagel.training.nan_guard import NonFiniteGuard
+from lightbagel.training.preflight import preflight
 from lightbagel.training.stages import is_complete, load_parts, stage_recipe
 from lightbagel.training.strategy import is_sharded, make_strategy
 
@@ -80,6 +82,7 @@ def fit(recipe: Recipe, run_name: Optional[str] = None, threads: Optional[int] =
     has the stage trained first, before its own model is built."""
     silence_noise()
     apply_threads(threads, recipe.config.trainer.num_threads)
+    preflight(recipe.config)  # GPUs and model sources, before any stage, folder, lock or weight
     stage = run_pretrain(recipe)  # opt-in (recipes/tiny_pretrained.yaml): trained once, then reused
     out = Path(recipe.config.output_dir)
     with folder_lock(out):
@@ -115,7 +118,8 @@ def resume_point(dirpath: Path, tr) -> Optional[Path]:
 
 def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Path]) -> FitResult:
     cfg = recipe.config
-    last = resume_point(out / "checkpoints", cfg.trainer)  # before anything is built
+    accumulate = accumulation(cfg, world_size(cfg.trainer))  # a one-line error before anything is built
+    last = resume_point(out / "checkpoints", cfg.trainer)
     plain = OmegaConf.to_container(recipe.resolved)
     record = check_resume(out, plain, last is not None, checkpoint_recipe(last) if last is not None else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -126,7 +130,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Pat
     gen = module.model.gen
     data = MixtureDataModule(cfg.data, processor, Path(cfg.data.root),
                              vae_multiple=gen.vae_multiple,
-                             batches_per_step=cfg.trainer.accumulate_grad_batches, tasks=objective_tasks(cfg))
+                             batches_per_step=accumulate, tasks=objective_tasks(cfg))
     logger = make_logger(recipe, out, (record or {}).get("mlflow_run_id"), run_name)
     if is_rank_zero():
         write_record(out, plain, getattr(logger, "run_id", None))
@@ -136,7 +140,7 @@ def _fit(recipe: Recipe, out: Path, run_name: Optional[str], stage: Optional[Pat
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=make_strategy(tr),
         precision=module.precision.precision.lightning, max_steps=tr.max_steps, log_every_n_steps=tr.log_every_n_steps,
-        gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=tr.accumulate_grad_batches,
+        gradient_clip_val=tr.gradient_clip_val, accumulate_grad_batches=accumulate,
         enable_progress_bar=_bar(tr), logger=logger if logger is not None else False,
         callbacks=callbacks, default_root_dir=out, enable_model_summary=False, enable_checkpointing=False,
     )

@@ -73,8 +73,13 @@ class LightBagelModule(L.LightningModule):
             self.ema = EMAWeights(self.model, tr.ema.decay)
         self._configured = True
 
-    def training_step(self, batch: TrainBatch | ChatBatch, batch_idx: int) -> Optional[torch.Tensor]:
+    def training_step(self, batch: TrainBatch | MixedBatch | ChatBatch, batch_idx: int) -> Optional[torch.Tensor]:
         loss, logged = self.weighted_loss(batch, batch_idx)
+        # What backward sees: every token of the global batch weighs the same (docs/distributed.md).
+        # The tokens are every noisy target token of the batch, all its image sizes together; the
+        # VAE objective alone counts none and keeps the plain mean over ranks.
+        tokens = logged.get("train/target_tokens", logged.get("train/answer_tokens"))
+        scaled = loss if tokens is None else loss * global_token_weight(tokens, batch_device(batch))
         if not self._all_ranks_finite(loss):
             # Skipped on every rank alike (no backward, no optimizer step), counted, and stopped
             # by NonFiniteGuard after `trainer.max_nonfinite_steps` in a row.
@@ -92,7 +97,7 @@ class LightBagelModule(L.LightningModule):
             self.log(name, value, batch_size=len(batch))
         if self._configured:
             self.flops_per_batch = self._batch_flops(batch)
-        return loss
+        return scaled
 
     def _logging_now(self) -> tuple[bool, bool]:
         """(Whether Lightning writes this step's values, whether a progress bar shows its loss.)
@@ -169,16 +174,16 @@ class LightBagelModule(L.LightningModule):
         logits = self.model.vlm_logits(batch.und)
         return answer_loss(logits, batch.und.input_ids, batch.answer_mask), int(batch.answer_mask[:, 1:].sum())
 
-    def _seeds(self, batch: TrainBatch, batch_idx: int) -> list[int]:
+    def _seeds(self, batch: TrainBatch | MixedBatch, batch_idx: int) -> list[int]:
         """Per-sample keys: (seed, micro-step, global sample index); see randomness.py."""
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         micro_step = self.global_step * accumulate + batch_idx % accumulate
-        first = self.global_rank * len(batch)
+        first = first_global_index(len(batch), batch_device(batch))
         return sample_seeds(self.recipe.seed, micro_step, first, len(batch))
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _distributed():
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
@@ -238,7 +243,10 @@ class LightBagelModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         # One fused kernel per step instead of a dozen per tensor (0.86 against 3.57 ms per tiny step on
         # CPU, docs/overhead.md): torch fuses AdamW on CPU and CUDA (torch.optim.AdamW, `fused`).
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        # Lightning's mixed-precision plugin refuses to clip gradients for a fused optimizer (it could
+        # unscale them inside its step: MixedPrecision.clip_gradients), so clipped mixed runs use foreach.
+        clipped_mixed = self.precision.mixed and bool(self.recipe.trainer.gradient_clip_val)
+        fused = not clipped_mixed and all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                       weight_decay=opt.weight_decay, fused=fused)
         factor = lr_factor(opt, self.recipe.trainer.max_steps)
@@ -259,6 +267,36 @@ class LightBagelModule(L.LightningModule):
         counts = checkpoint.get("nonfinite", {})
         self.nonfinite_total = counts.get("total", 0)
         self.nonfinite_streak = counts.get("streak", 0)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def batch_device(batch: TrainBatch | MixedBatch | ChatBatch) -> torch.device:
+    return batch.answer_mask.device if isinstance(batch, ChatBatch) else size_groups(batch)[0].target.device
+
+
+def global_token_weight(local_tokens: float, device: torch.device) -> float:
+    """world * local / global tokens: a rank's mean loss times this, averaged over ranks by FSDP's
+    gradient reduction, is the mean over every token of the global batch. Ranks hold different
+    token counts under a token budget; BAGEL divides the summed loss by the all-reduced token count
+    (train/pretrain_unified_navit.py), torchtitan by `global_valid_tokens`."""
+    if not _distributed():
+        return 1.0
+    total = torch.tensor([float(local_tokens)], device=device, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return torch.distributed.get_world_size() * float(local_tokens) / max(float(total.item()), 1.0)
+
+
+def first_global_index(n: int, device: torch.device) -> int:
+    """The global index of this rank's first sample: the sizes of the ranks before it, summed. Ranks'
+    batch sizes differ under a token budget, so `rank * n` would give two ranks the same keys."""
+    if not _distributed():
+        return 0
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([n], dtype=torch.int64, device=device))
+    return int(sum(int(s.item()) for s in sizes[:torch.distributed.get_rank()]))
 
 
 def _cosine(opt: OptimConfig, progress: float) -> float:

@@ -118,9 +118,12 @@ class _Sharder:
         # By identity: `fully_shard` replaces a group's parameters by DTensors, so those seen here
         # are the ones no group holds yet.
         self.kept = {id(p) for n, p in model.named_parameters() if precision.keeps(n)}
-        self.full = MixedPrecisionPolicy()
-        self.mixed = MixedPrecisionPolicy(param_dtype=precision.precision.compute, reduce_dtype=torch.float32) \
-            if precision.mixed else self.full
+        # Inputs pass through as they are (torchtitan does the same): a bf16 group would cast the fp32
+        # rotary cos/sin to bf16 (docs/full_size.md "Precision") and rebuild every `OrderMask` it is
+        # handed, so the block mask was built again in every group. Autocast runs the compute in bf16.
+        self.full = MixedPrecisionPolicy(cast_forward_inputs=False)
+        self.mixed = MixedPrecisionPolicy(param_dtype=precision.precision.compute, reduce_dtype=torch.float32,
+                                          cast_forward_inputs=False) if precision.mixed else self.full
         self.kwargs = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if plan.cpu_offload else OffloadPolicy()}
 
     def group(self, modules: nn.Module | list[nn.Module], ignored: frozenset = frozenset()) -> None:

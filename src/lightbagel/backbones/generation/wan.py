@@ -8,8 +8,10 @@ does with frames, and each slot gets its own rotary frame index.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from torch import nn
 
 from lightbagel.backbones.generation.base import GenerationAdapter, LatentCodec
 from lightbagel.backbones.loading import load_diffusers_model
@@ -27,6 +29,11 @@ class WanAdapter(GenerationAdapter):
     keep_in_fp32 = (r"^rope\.", r"^condition_embedder\.(time_embedder|time_proj)\.", r"(^|\.)scale_shift_table$")
     # A Wan block's own forward expects umT5 text, so `block(i)` runs its sub-layers itself.
     blocks, block_called = "dit.blocks", False
+    # Wan2.2 keeps its residual stream and output head in fp32 (https://github.com/Wan-Video/Wan2.2,
+    # wan/modules/model.py: each block's `x + y * e` and the head run under fp32 autocast); the
+    # precision plan sets both (`trainer.fp32_residual`, precision.py).
+    fp32_residual = False
+    fp32_head = False
 
     def __init__(self, dit: WanTransformer3DModel, vae: LatentCodec, num_train_timesteps: int = 1000):
         super().__init__()
@@ -39,6 +46,7 @@ class WanAdapter(GenerationAdapter):
         x = self.dit.patch_embedding(gen.latents.to(self.dit.patch_embedding.weight.dtype))  # (B, D, S, h', w')
         batch, _, slots, hp, wp = x.shape
         tokens = x.flatten(2).transpose(1, 2).contiguous()
+        tokens = tokens.float() if self.fp32_residual else tokens
         per_slot = hp * wp
         t = (gen.timesteps * self.num_train_timesteps).repeat_interleave(per_slot, dim=1)
         emb = self.dit.condition_embedder
@@ -84,10 +92,11 @@ class WanAdapter(GenerationAdapter):
         _, tproj = cond
         mod = (blk.scale_shift_table.unsqueeze(0) + tproj.float()).chunk(6, dim=2)
         shift, scale, gate, c_shift, c_scale, c_gate = (m.squeeze(2) for m in mod)
-        x = (blk.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        io = self._layer_dtype(hidden, blk.attn1.to_q)
+        x = (blk.norm1(hidden.float()) * (1 + scale) + shift).to(io)
         hidden = (hidden.float() + self._self_attention(blk.attn1, x, mask, rope) * gate).type_as(hidden)
         # The text cross-attention sub-layer is skipped: umT5 is never loaded (docs/design.md).
-        x = (blk.norm3(hidden.float()) * (1 + c_scale) + c_shift).type_as(hidden)
+        x = (blk.norm3(hidden.float()) * (1 + c_scale) + c_shift).to(io)
         return (hidden.float() + blk.ffn(x).float() * c_gate).type_as(hidden)
 
     def _self_attention(self, attn, x, mask, rope) -> torch.Tensor:
@@ -97,11 +106,21 @@ class WanAdapter(GenerationAdapter):
         out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
         return attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(x))
 
+    def _layer_dtype(self, hidden: torch.Tensor, layer: nn.Module) -> torch.dtype:
+        """What a sub-layer's input is cast to: the stream's dtype, or with an fp32 stream the layer's
+        own (autocast, or FSDP2's compute copy, then runs the matmul in the compute dtype)."""
+        return layer.weight.dtype if self.fp32_residual else hidden.dtype
+
     def head(self, hidden: torch.Tensor, cond) -> torch.Tensor:
         temb, _ = cond
         shift, scale = (self.dit.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-        x = (self.dit.norm_out(hidden.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(hidden)
-        return self.dit.proj_out(x)
+        x = self.dit.norm_out(hidden.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)
+        proj = self.dit.proj_out
+        if self.fp32_head:  # Wan runs its head under fp32 autocast: the weights are read in fp32
+            with fp32_region(x.device):
+                return F.linear(x, proj.weight.float(), None if proj.bias is None else proj.bias.float())
+        return proj(x.type_as(hidden))
+
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         b, c, s, h, w = latents.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -105,6 +106,20 @@ class UndProcessor:
             raise ValueError(f"the tokenizer's chat template wrote {len(texts) - 1} image placeholders "
                              f"({self.image_placeholder}) for {len(images)} images")
         return self.encode([texts[0], *(seg for pair in zip(images, texts[1:]) for seg in pair)])
+
+    @functools.cached_property
+    def system_turn(self) -> str | None:
+        """The system turn the tokenizer's chat template opens a conversation with when it brings
+        none (Qwen2-VL / Qwen2.5-VL-Instruct: "You are a helpful assistant."), so training prompts
+        (data/chat.py) start as `chat` prompts do; None without a template or such a turn."""
+        if not self.has_chat_template:
+            return None
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+                                                      tokenize=False)
+        opening = f"{self.turn_start}system\n"
+        if not rendered.startswith(opening) or self.turn_end not in rendered:
+            return None
+        return rendered[:rendered.index(self.turn_end) + len(self.turn_end)] + "\n"
 
     @property
     def stop_token_ids(self) -> list[int]:
