@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import lightning as L
@@ -83,6 +84,20 @@ def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
     logger.log_metrics({"loss": 0.5}, step=0)
     with pytest.raises(RuntimeError, match="writing metrics to MLflow failed: disk full"):
         logger.flush()
+    logger.finalize("failed")  # as Lightning does when the run ends on the error: the worker ends with it
+    assert "mlflow-metrics" not in [t.name for t in threading.enumerate()]
+
+
+def test_opening_the_store_leaves_mlflow_tracking_uri_as_the_user_set_it(tmp_path, monkeypatch):
+    """Lightning's `experiment` calls mlflow.set_tracking_uri, which sets the variable: a later
+    fit in this process would take this logger's store for the user's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logger = _logger(tmp_path)
+    assert logger.experiment.get_experiment_by_name("t") is not None
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///user.db")
+    logger.finalize("success")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///user.db"
 
 
 def test_save_does_not_wait_for_the_writes(tmp_path, held_writes):

@@ -44,7 +44,11 @@ def test_fit_logs_to_mlflow_and_exports_a_model_that_loads_back(tmp_path):
     history = client.get_metric_history(result.run_id, "loss/train")
     assert len(history) >= 5
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"recipe.yaml", "samples", "model.safetensors"} <= artifacts
+    assert {"recipe.yaml", "samples", "exports"} <= artifacts
+    # Exports are versioned by step, on disk and in the run; `export` points at the newest.
+    assert (out / "export").resolve() == (out / "exports" / "step-00000012").resolve()
+    logged = {a.path for a in client.list_artifacts(result.run_id, "exports/step-00000012")}
+    assert "exports/step-00000012/model.safetensors" in logged
 
     # The exported model reproduces the final sample grid bit for bit (same prompts, same seed).
     trained = load_exported(out / "export").eval()

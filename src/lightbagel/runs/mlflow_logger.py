@@ -6,16 +6,21 @@ waits until every queued value is written; `finalize` and every checkpoint (chec
 call it, so nothing logged is lost, even by a run killed and resumed from its last checkpoint.
 A write error is raised on the training thread at the next call. `save` does not wait: Lightning
 calls it after every `log_metrics`, which would make each logging step wait for the writes.
+Opening the store leaves `$MLFLOW_TRACKING_URI` as the user left it (see `experiment`).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from contextlib import contextmanager
 from typing import Mapping, Optional
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+ENV = "MLFLOW_TRACKING_URI"
 
 
 class BackgroundMLFlowLogger(MLFlowLogger):
@@ -25,6 +30,14 @@ class BackgroundMLFlowLogger(MLFlowLogger):
         self._worker: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._closed = False  # after `finalize`: writes are synchronous again, nothing is left queued
+
+    @property
+    def experiment(self):
+        """Lightning's client; opening it calls `mlflow.set_tracking_uri`, which also sets
+        $MLFLOW_TRACKING_URI, and every later run in the process (a pretrain stage, a test) or a child
+        process would then take this logger's store for the user's choice."""
+        with _user_env():
+            return MLFlowLogger.experiment.fget(self)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
@@ -66,3 +79,16 @@ class BackgroundMLFlowLogger(MLFlowLogger):
         self._closed = True
         self._raise_pending_error()
         super().finalize(status)
+
+
+@contextmanager
+def _user_env():
+    """Restores $MLFLOW_TRACKING_URI on the way out to what it was on the way in."""
+    before = os.environ.get(ENV)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before

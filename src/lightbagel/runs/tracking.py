@@ -12,13 +12,13 @@ import os
 import sqlite3
 import sys
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 
-from lightbagel.runs.mlflow_logger import BackgroundMLFlowLogger
+from lightbagel.runs.mlflow_logger import ENV, BackgroundMLFlowLogger
 
 DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -26,9 +26,6 @@ ARTIFACTS = "mlartifacts"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 log = logging.getLogger(__name__)
-
-
-ENV = "MLFLOW_TRACKING_URI"
 
 
 def store_dir(out: Path) -> Path:
@@ -171,26 +168,10 @@ def make_logger(recipe, out: Path, run_id: Optional[str], run_name: Optional[str
         resumed = reopen(client, run_id)
     logger = RunLogger(experiment_name=experiment, run_name=cfg.run_name or run_name or recipe.config.name,
                        tracking_uri=uri, artifact_location=artifacts, run_id=resumed)
-    with _user_env():
-        if resumed is None:  # params are immutable in MLflow: a resume keeps the ones the run began with
-            logger.log_hyperparams(recipe.flat_params())
-        logger.experiment.log_text(logger.run_id, recipe.to_yaml(), "recipe.yaml")
+    if resumed is None:  # params are immutable in MLflow: a resume keeps the ones the run began with
+        logger.log_hyperparams(recipe.flat_params())
+    logger.experiment.log_text(logger.run_id, recipe.to_yaml(), "recipe.yaml")
     return logger
-
-
-@contextmanager
-def _user_env():
-    """Keeps $MLFLOW_TRACKING_URI as the user left it: Lightning's logger calls mlflow.set_tracking_uri,
-    which also sets the variable, and a later fit in the process (a pretrain stage, a test) or a
-    child process would then take this run's store for the user's choice."""
-    before = os.environ.get(ENV)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
 
 
 def training_run(model_dir: Path, configured: Optional[str] = None) -> Optional[tuple[str, str, str]]:
