@@ -53,6 +53,7 @@ class WordProcessor:
     turn_start, turn_end = "<|im_start|>", "<|im_end|>"
     tokenizer = WordTokenizer()
     max_tokens: int | None = None
+    system_turn = None  # no chat template, so no system turn (UndProcessor.system_turn)
 
     def too_long(self, text, limit=None):
         from lightbagel.backbones.understanding.base import UndProcessor
