@@ -34,3 +34,16 @@ def test_a_hub_id_that_cannot_be_reached_names_the_key_and_the_local_folder_fix(
            "Face cache, and HF_HUB_OFFLINE is set" in err
     assert "set understanding.pretrained=/path/to/that/folder" in err
     assert not out.exists()
+
+
+def test_a_tower_shipped_in_the_package_passes_offline(monkeypatch):
+    """A card's `pretrained:` that names a shipped tower (src/lightbagel/towers/) is found by name,
+    as from_pretrained finds it, with no hub and no cache."""
+    from lightbagel.recipe import load_recipe
+    from lightbagel.training.preflight import check_sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_vae = Path(__file__).resolve().parents[2] / "recipes" / "pretrain" / "tiny_vae.yaml"
+    check_sources(load_recipe(tiny_vae, ["generation.vae.pretrained=shapes_wan_vae",
+                                         "understanding=shapes_qwen2_5_vl",
+                                         "understanding.pretrained=shapes_qwen2_5_vl"]).config)

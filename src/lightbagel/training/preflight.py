@@ -1,7 +1,8 @@
 """What a run needs from the machine, checked in seconds before anything is built or locked: the
-GPUs its trainer card asks for, and every `pretrained:` source as a local folder, in the Hugging
-Face cache, or on a hub this machine can reach. Each missing thing is one line that says what to
-type (a full-size recipe on a laptop otherwise retries the network, then fails deep in a load).
+GPUs its trainer card asks for, and every `pretrained:` source as a local folder, a tower shipped
+in the package, in the Hugging Face cache, or on a hub this machine can reach. Each missing thing
+is one line that says what to type (a full-size recipe on a laptop otherwise retries the network,
+then fails deep in a load).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
+from lightbagel.backbones.loading import resolve_pretrained
 from lightbagel.errors import LightBagelError
 from lightbagel.recipe.schema import RecipeConfig
 
@@ -49,7 +51,7 @@ def hub_sources(cfg: RecipeConfig) -> Iterator[tuple[str, str, Optional[str], Op
 
 def check_sources(cfg: RecipeConfig) -> None:
     for key, source, revision, subfolder in hub_sources(cfg):
-        if Path(source).expanduser().is_dir() or _cached(source, revision, subfolder):
+        if Path(resolve_pretrained(source)).expanduser().is_dir() or _cached(source, revision, subfolder):
             continue
         why = _unreachable()
         if why:
