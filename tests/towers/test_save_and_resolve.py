@@ -49,6 +49,20 @@ def test_a_saved_vae_tower_loads_through_its_card_and_encodes_alike(tmp_path):
         save_tower(model, "vae", folder)
 
 
+def test_a_card_sets_the_latent_statistics_over_its_checkpoint_but_not_the_architecture(tmp_path):
+    """A continued VAE run exports the statistics it measured beside the weights it started from:
+    the card's latents_mean/std win on load; an architecture key that differs still fails."""
+    folder = save_tower(build_model(load_recipe(VAE_RECIPE).config), "vae", tmp_path / "vae")
+    mean, std = [0.5] * 16, [2.0] * 16
+    overrides = [f"generation.vae.pretrained={folder}", f"generation.vae.config.latents_mean={mean}",
+                 f"generation.vae.config.latents_std={std}"]
+    codec = build_model(load_recipe(VAE_RECIPE, overrides).config).gen.vae
+    assert codec.mean.flatten().tolist() == mean and codec.std.flatten().tolist() == std
+    assert codec.vae.config.latents_mean == mean
+    with pytest.raises(ValueError, match="card config base_dim=32 but the checkpoint has 16; fix the card"):
+        build_model(load_recipe(VAE_RECIPE, overrides + ["generation.vae.config.base_dim=32"]).config)
+
+
 def test_a_saved_vlm_tower_brings_its_tokenizer_and_image_processor(tmp_path, make_batch):
     model = build_model(load_recipe(SCRATCH).config).eval()
     folder = save_tower(model, "understanding", tmp_path / "vlm")

@@ -45,11 +45,13 @@ def _normal(value):
     return round(value, 6) if isinstance(value, float) else value
 
 
-def load_diffusers_model(model_cls, cfg: Any, dtype=None):
+def load_diffusers_model(model_cls, cfg: Any, dtype=None, statistics: tuple[str, ...] = ()):
     """A diffusers model from a card (DiT or VAE): random from `config` (fp32; the precision plan
     casts it later, so fp32-kept tables are never rounded), or `from_pretrained` (safetensors
     only) in `dtype` (precision.Precision.read_dtype) with the card's shipped config checked
-    against the checkpoint's."""
+    against the checkpoint's. `statistics` are config keys measured on data, not architecture
+    (a VAE's latent mean and std): a card's value replaces the checkpoint's, as an export of a
+    continued VAE run carries the statistics it measured beside the weights it started from."""
     if not reads_checkpoint(cfg):
         return model_cls(**dict(cfg.config))
     kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
@@ -59,5 +61,9 @@ def load_diffusers_model(model_cls, cfg: Any, dtype=None):
         kwargs["torch_dtype"] = dtype
     model = model_cls.from_pretrained(resolve_pretrained(cfg.pretrained), use_safetensors=True, **kwargs)
     where = f"card {getattr(cfg, 'card', None) or cfg.pretrained}"
-    check_card_config(dict(cfg.config), dict(model.config), where)
+    card = dict(cfg.config)
+    measured = {key: card.pop(key) for key in statistics if key in card}
+    check_card_config(card, dict(model.config), where)
+    if measured:
+        model.register_to_config(**measured)
     return model

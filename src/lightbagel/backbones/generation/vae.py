@@ -33,6 +33,9 @@ class PixelAutoencoder(LatentCodec):
 class WanVAE(LatentCodec):
     """diffusers' AutoencoderKLWan on single frames, latents normalised by the config's mean/std."""
 
+    # Measured on data, not architecture: a card's values replace the checkpoint's on load.
+    _statistics_keys = ("latents_mean", "latents_std")
+
     def __init__(self, vae: AutoencoderKLWan):
         super().__init__()
         self.vae = vae
@@ -67,4 +70,4 @@ def build_pixel_autoencoder(cfg: VAEConfig) -> PixelAutoencoder:
 
 
 def build_wan_vae(cfg: VAEConfig) -> WanVAE:
-    return WanVAE(load_diffusers_model(AutoencoderKLWan, cfg))
+    return WanVAE(load_diffusers_model(AutoencoderKLWan, cfg, statistics=WanVAE._statistics_keys))
