@@ -42,7 +42,8 @@ class _Drop(logging.Filter):
 
 def silence_noise() -> None:
     """Silences known noise at its source: Lightning's litlogger advert and accelerator lines, MLflow's table creation,
-    and a deprecation Lightning's own pytree helper triggers inside torch (nothing a user can fix)."""
+    a deprecation Lightning's own pytree helper triggers inside torch (nothing a user can fix), and
+    Lightning's note on modules in eval mode (the frozen towers, by design)."""
     for name, needles in _DROPPED.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):
@@ -51,6 +52,8 @@ def silence_noise() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # Frozen towers stay in eval mode on purpose (no dropout in a tower that does not learn).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def checkpoint_every(tr) -> int:
